@@ -1,0 +1,434 @@
+"""Safe checkpoint loading: read -> canonicalise -> detect -> infer hyper-parameters -> build -> attach release.
+
+* ``.safetensors`` files are read with safetensors; ``.pth`` / ``.pt`` / ``.ckpt`` only through
+  ``torch.load(..., weights_only=True)``: a pickle that carries code is refused (never executed).
+* Wrappers (``state_dict``, ``params_ema``, ``model``, ``ema``) are unwrapped; ``module.`` and ``_orig_mod.`` prefixes
+  (DDP, torch.compile) are stripped.
+* The Swin buffers ``attn_mask`` / ``relative_position_index`` are accepted when present and recomputed when absent.
+* A UNet and an autoencoder are told apart by their keys; hyper-parameters come from tensor shapes, so any member of
+  the family loads, including reduced test models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from .errors import (CheckpointError, CorruptCheckpointError, UnknownCheckpointError, UnknownScheduleError,
+                     UnsafeCheckpointError, WrongModelKindError)
+from .nets.unet import ResShiftUNet, UNetConfig
+from .nets.vqgan import VQAutoencoder, VQConfig
+from .releases import RELEASES, Release, get_release, release_for_file_name
+from .schedule import ScheduleParams
+
+logger = logging.getLogger(__name__)
+
+METADATA_PREFIX = "resshift."
+FORMAT_VERSION = "1"
+_WRAPPER_KEYS = ("state_dict", "params_ema", "ema", "model", "params", "net")
+_PREFIXES = ("module.", "_orig_mod.")
+_BUFFER_SUFFIXES = (".attn_mask", ".relative_position_index")
+UNET_KIND, AUTOENCODER_KIND = "unet", "autoencoder"
+
+
+@dataclass
+class RawCheckpoint:
+    """Tensors of one file after unwrapping, plus what the file says about itself."""
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+
+
+def _describe(path: Path) -> str:
+    return f"'{path}'"
+
+
+def read_checkpoint(path: str | os.PathLike) -> RawCheckpoint:
+    """Read a checkpoint file safely and return its canonical tensors (wrappers and prefixes removed).
+
+    Raises:
+        CheckpointError: missing file; CorruptCheckpointError: truncated / damaged;
+        UnsafeCheckpointError: a pickle that needs code to load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {_describe(path)} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise CorruptCheckpointError(f"checkpoint {_describe(path)} is empty (0 bytes); download it again")
+    if path.suffix.lower() == ".safetensors" or _looks_like_safetensors(path):
+        tensors, metadata = _read_safetensors(path)
+    else:
+        tensors, metadata = _read_torch_file(path), {}
+    return RawCheckpoint(path, canonicalize(tensors, path), metadata)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    from safetensors import safe_open
+
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = dict(handle.metadata() or {})
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except Exception as error:  # safetensors raises its own error types for every kind of damage
+        raise CorruptCheckpointError(
+            f"checkpoint {_describe(path)} is not a readable safetensors file ({error}); it is probably truncated "
+            f"or damaged: download it again") from error
+    return tensors, metadata
+
+
+def _read_torch_file(path: Path) -> Mapping:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        if "Weights only load failed" in message or "Unsupported" in message or "global" in message:
+            raise UnsafeCheckpointError(
+                f"checkpoint {_describe(path)} is a pickle that needs to run code to load, which this project never "
+                f"does (it could be malicious). Use the official file, or convert a trusted file to .safetensors "
+                f"with the tool that made it. Details: {message.splitlines()[0]}") from error
+        raise CorruptCheckpointError(f"checkpoint {_describe(path)} could not be unpickled ({message.splitlines()[0]});"
+                                     f" it is probably truncated or damaged: download it again") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise CorruptCheckpointError(
+            f"checkpoint {_describe(path)} is truncated or damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__});"
+            f" download it again") from error
+
+
+def canonicalize(obj, path: Path | None = None) -> dict[str, torch.Tensor]:
+    """Unwrap training wrappers and strip DDP / torch.compile prefixes; keep the tensors only."""
+    where = _describe(path) if path else "the checkpoint"
+    for _ in range(3):  # wrappers can nest, e.g. {"model": {"state_dict": ...}}
+        if not isinstance(obj, Mapping):
+            break
+        if any(isinstance(v, torch.Tensor) for v in obj.values()) and not any(k in obj for k in _WRAPPER_KEYS
+                                                                               if isinstance(obj.get(k), Mapping)):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping):
+        raise UnknownCheckpointError(f"{where} holds a {type(obj).__name__}, not a dictionary of tensors")
+    tensors = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        key = str(key)
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        tensors[key] = value
+    if not tensors:
+        raise UnknownCheckpointError(f"{where} contains no tensors")
+    return tensors
+
+
+def detect_kind(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """'unet', 'autoencoder' or None, from the keys."""
+    if "time_embed.0.weight" in tensors and "input_blocks.0.0.weight" in tensors:
+        return UNET_KIND
+    if "encoder.conv_in.weight" in tensors and "quantize.embedding.weight" in tensors:
+        return AUTOENCODER_KIND
+    return None
+
+
+def _indices(tensors: Mapping, pattern: str) -> list[int]:
+    regex = re.compile(pattern)
+    return sorted({int(m.group(1)) for key in tensors if (m := regex.match(key))})
+
+
+def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int | None = None) -> UNetConfig:
+    """UNet hyper-parameters from tensor shapes (channels, levels, heads, windows, LR path, mask input).
+
+    The construction size ``image_size`` is read from the stored shift masks; without them it falls back to
+    ``image_size_hint`` or to the size at which the deepest level is exactly one window (the released layout).
+    """
+    model_channels = tensors["time_embed.0.weight"].shape[1]
+    out_channels = tensors["out.2.weight"].shape[0]
+    first_in = tensors["input_blocks.0.0.weight"].shape[1]
+    extractor_convs = _indices(tensors, r"feature_extractor\.(\d+)\.weight$")
+    stages = len(extractor_convs)
+    if stages:
+        cond_mask = tensors["feature_extractor.0.weight"].shape[1] == 4
+        cond_channels = tensors[f"feature_extractor.{3 * stages - 1}.op.weight"].shape[0]
+        in_channels = first_in - cond_channels
+    else:
+        in_channels = out_channels
+        cond_mask = first_in - in_channels == 4
+
+    # Walk the encoder: a Downsample ('op') closes a level; other blocks are ResBlocks of the current level.
+    channel_mult, num_res_blocks, swin_levels = [], [], []
+    count, level_mult, level_has_swin = 0, None, False
+    for index in _indices(tensors, r"input_blocks\.(\d+)\.")[1:]:
+        if f"input_blocks.{index}.0.op.weight" in tensors:
+            channel_mult.append(level_mult)
+            num_res_blocks.append(count)
+            swin_levels.append(level_has_swin)
+            count, level_has_swin = 0, False
+            continue
+        out_ch = tensors[f"input_blocks.{index}.0.out_layers.3.weight"].shape[0]
+        level_mult = out_ch // model_channels
+        if count == 0:
+            level_has_swin = f"input_blocks.{index}.1.patch_embed.proj.weight" in tensors
+        count += 1
+    channel_mult.append(level_mult)
+    num_res_blocks.append(count)
+    swin_levels.append(level_has_swin)
+    num_levels = len(channel_mult)
+
+    swin = "middle_block.1."
+    embed_dim = tensors[swin + "patch_embed.proj.weight"].shape[0]
+    depth = len(_indices(tensors, r"middle_block\.1\.blocks\.(\d+)\."))
+    num_heads = tensors[swin + "blocks.0.attn.relative_position_bias_table"].shape[1]
+    mlp_ratio = tensors[swin + "blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
+    patch_norm = swin + "patch_embed.norm.weight" in tensors
+
+    def block_window(prefix: str) -> int:
+        rows = tensors[prefix + "blocks.0.attn.relative_position_bias_table"].shape[0]
+        return (int(round(math.sqrt(rows))) + 1) // 2
+
+    # Windows and construction size, level by level.
+    encoder_swin_prefix = {}
+    index = 1
+    for level in range(num_levels):
+        if swin_levels[level]:
+            encoder_swin_prefix[level] = f"input_blocks.{index}.1."
+        index += num_res_blocks[level] + (1 if level < num_levels - 1 else 0)
+    windows = {level: block_window(p) for level, p in encoder_swin_prefix.items()}
+    windows[num_levels - 1] = block_window(swin)  # the middle block sits at the deepest level
+    window_size = max(windows.values())
+    image_size = None
+    for level, prefix in sorted(encoder_swin_prefix.items()):
+        mask = tensors.get(prefix + "blocks.1.attn_mask")
+        if mask is not None:
+            windows_per_side = int(round(math.sqrt(mask.shape[0])))
+            image_size = 2 ** level * windows[level] * windows_per_side
+            break
+    if image_size is None:
+        for level, window in sorted(windows.items()):
+            if window < window_size:  # a level smaller than the window shrank it to its own size
+                image_size = 2 ** level * window
+                break
+    if image_size is None:
+        image_size = image_size_hint or window_size * 2 ** (num_levels - 1)
+        if image_size_hint is None:
+            logger.info("no shift masks in the UNet file; assuming construction size %d (released layout)", image_size)
+    attention_resolutions = tuple(image_size // 2 ** level for level in range(num_levels) if swin_levels[level])
+    emb_out = tensors["input_blocks.1.0.emb_layers.1.weight"].shape[0]
+    res_out = tensors["input_blocks.1.0.out_layers.3.weight"].shape[0]
+    return UNetConfig(
+        in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
+        channel_mult=tuple(channel_mult), num_res_blocks=tuple(num_res_blocks),
+        attention_resolutions=attention_resolutions, image_size=image_size, lq_size=image_size * 2 ** stages,
+        cond_mask=cond_mask, swin_depth=depth, swin_embed_dim=embed_dim, num_heads=num_heads,
+        window_size=window_size, mlp_ratio=mlp_ratio, patch_norm=patch_norm,
+        use_scale_shift_norm=emb_out == 2 * res_out)
+
+
+def infer_vq_config(tensors: Mapping[str, torch.Tensor]) -> VQConfig:
+    """Autoencoder hyper-parameters from tensor shapes."""
+    ch = tensors["encoder.conv_in.weight"].shape[0]
+    levels = _indices(tensors, r"encoder\.down\.(\d+)\.")
+    ch_mult, num_res_blocks = [], []
+    for level in levels:
+        blocks = _indices(tensors, rf"encoder\.down\.{level}\.block\.(\d+)\.")
+        num_res_blocks.append(len(blocks))
+        ch_mult.append(tensors[f"encoder.down.{level}.block.{blocks[-1]}.conv2.weight"].shape[0] // ch)
+    embedding = tensors["quantize.embedding.weight"]
+    return VQConfig(embed_dim=embedding.shape[1], n_embed=embedding.shape[0],
+                    z_channels=tensors["encoder.conv_out.weight"].shape[0], ch=ch, ch_mult=tuple(ch_mult),
+                    num_res_blocks=tuple(num_res_blocks), in_channels=tensors["encoder.conv_in.weight"].shape[1],
+                    out_ch=tensors["decoder.conv_out.weight"].shape[0])
+
+
+def load_into(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path: Path | None = None) -> None:
+    """Strict load that fills missing Swin buffers from the model and ignores extra buffers.
+
+    Raises UnknownCheckpointError naming the first missing / unexpected / mis-shaped tensors.
+    """
+    expected = model.state_dict()
+    tensors = dict(tensors)
+    for key in list(tensors):
+        if key not in expected and key.endswith(_BUFFER_SUFFIXES):
+            del tensors[key]  # e.g. a mask for a size this build does not shift at; recomputed anyway
+    for key, value in expected.items():
+        if key not in tensors and key.endswith(_BUFFER_SUFFIXES):
+            tensors[key] = value
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong_shape = [f"{k}: file {tuple(tensors[k].shape)} vs network {tuple(v.shape)}"
+                   for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        where = _describe(path) if path else "the checkpoint"
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} with other shapes (e.g. {'; '.join(wrong_shape[:3])})")
+        raise UnknownCheckpointError(f"{where} does not fit the network inferred from it: {', '.join(parts)}")
+    model.load_state_dict(tensors, strict=True)
+
+
+def _wrong_kind_message(path: Path, found: str, wanted: str) -> str:
+    what = {UNET_KIND: "the ResShift UNet (diffusion network)", AUTOENCODER_KIND: "the VQ autoencoder"}
+    inputs = {UNET_KIND: "the UNet / model input", AUTOENCODER_KIND: "the autoencoder / VAE input"}
+    return (f"{_describe(path)} looks like {what[found]}, but {what[wanted]} was expected here: "
+            f"connect it to {inputs[found]} instead")
+
+
+def _unknown_message(path: Path, tensors: Mapping) -> str:
+    sample = ", ".join(list(tensors)[:4])
+    return (f"{_describe(path)} is neither a ResShift UNet nor its VQ autoencoder (first keys: {sample}). Expected an "
+            f"official ResShift/SinSR file such as resshift_realsrx4_s4_v3.pth or autoencoder_vq_f4.pth, or a "
+            f".safetensors file converted from one")
+
+
+@dataclass
+class LoadedUNet:
+    model: ResShiftUNet
+    release: Release | None
+    schedule: ScheduleParams | None
+    one_step: bool
+    path: Path
+
+
+def _metadata_json(metadata: Mapping[str, str], key: str):
+    value = metadata.get(METADATA_PREFIX + key)
+    return None if value is None else json.loads(value)
+
+
+def load_unet(path: str | os.PathLike, release: str | Release | None = None) -> LoadedUNet:
+    """Load a UNet file; identify its release (argument > file metadata > official file name).
+
+    The schedule is ``None`` when it cannot be known (an unknown file without metadata); the caller must then ask
+    for a release name (see :func:`resolve_schedule`).
+    """
+    raw = read_checkpoint(path)
+    kind = detect_kind(raw.tensors)
+    if kind == AUTOENCODER_KIND:
+        raise WrongModelKindError(_wrong_kind_message(raw.path, AUTOENCODER_KIND, UNET_KIND))
+    if kind != UNET_KIND:
+        raise UnknownCheckpointError(_unknown_message(raw.path, raw.tensors))
+    meta_config = _metadata_json(raw.metadata, "unet_config")
+    hint = meta_config.get("image_size") if meta_config else None
+    try:
+        config = infer_unet_config(raw.tensors, image_size_hint=hint)
+    except (KeyError, IndexError, TypeError, ZeroDivisionError) as error:
+        raise UnknownCheckpointError(f"{_describe(raw.path)} has UNet keys but an unexpected layout "
+                                     f"(missing {error}); it is not a ResShift UNet this project knows") from error
+    model = ResShiftUNet(config)
+    load_into(model, raw.tensors, raw.path)
+    model.eval().requires_grad_(False)
+
+    found: Release | None
+    if isinstance(release, Release):
+        found = release
+    elif release:
+        found = get_release(release)
+    elif METADATA_PREFIX + "release" in raw.metadata and raw.metadata[METADATA_PREFIX + "release"]:
+        found = get_release(raw.metadata[METADATA_PREFIX + "release"])
+    else:
+        found = release_for_file_name(raw.path.name)
+    schedule_values = _metadata_json(raw.metadata, "schedule")
+    if schedule_values and not release:
+        schedule = ScheduleParams.from_dict(schedule_values)
+    else:
+        schedule = found.schedule if found else None
+    one_step = found.one_step if found else raw.metadata.get(METADATA_PREFIX + "one_step") == "true"
+    if found is not None:
+        _check_release_fits(found, config, raw.path)
+    return LoadedUNet(model, found, schedule, one_step, raw.path)
+
+
+def _check_release_fits(release: Release, config: UNetConfig, path: Path) -> None:
+    expected = release.unet
+    if (expected.in_channels, expected.model_channels, expected.channel_mult, expected.lq_size // expected.image_size,
+            expected.cond_mask) != (config.in_channels, config.model_channels, config.channel_mult,
+                                    config.lq_size // config.image_size, config.cond_mask):
+        logger.warning("%s was taken for release %s but its architecture differs from that release's; "
+                       "the release's schedule is used anyway", path, release.name)
+
+
+def load_autoencoder(path: str | os.PathLike) -> VQAutoencoder:
+    """Load a VQ autoencoder file (raises WrongModelKindError for a UNet file)."""
+    raw = read_checkpoint(path)
+    kind = detect_kind(raw.tensors)
+    if kind == UNET_KIND:
+        raise WrongModelKindError(_wrong_kind_message(raw.path, UNET_KIND, AUTOENCODER_KIND))
+    if kind != AUTOENCODER_KIND:
+        raise UnknownCheckpointError(_unknown_message(raw.path, raw.tensors))
+    try:
+        config = infer_vq_config(raw.tensors)
+    except (KeyError, IndexError) as error:
+        raise UnknownCheckpointError(f"{_describe(raw.path)} has autoencoder keys but an unexpected layout "
+                                     f"(missing {error})") from error
+    model = VQAutoencoder(config)
+    load_into(model, raw.tensors, raw.path)
+    return model.eval().requires_grad_(False)
+
+
+def resolve_schedule(loaded: LoadedUNet) -> ScheduleParams:
+    """The schedule of a loaded UNet, or a clear error asking for the release name."""
+    if loaded.schedule is not None:
+        return loaded.schedule
+    raise UnknownScheduleError(
+        f"the noise schedule of {_describe(loaded.path)} cannot be read from its weights (v1 and v3 have the same "
+        f"shapes but 15 vs 4 steps). Say which release it is (one of: {', '.join(RELEASES)}), e.g. "
+        f"--release realsr-v3, or convert it with `python -m resshift_core convert IN OUT --release NAME`")
+
+
+def save_unet(model: ResShiftUNet, path: str | os.PathLike, *, release: str | None = None,
+              schedule: ScheduleParams | None = None, one_step: bool = False) -> Path:
+    """Write a UNet as .safetensors with its architecture, release and schedule in the metadata."""
+    from safetensors.torch import save_file
+
+    metadata = {METADATA_PREFIX + "format_version": FORMAT_VERSION, METADATA_PREFIX + "kind": UNET_KIND,
+                METADATA_PREFIX + "unet_config": json.dumps(model.config.to_dict())}
+    if release:
+        metadata[METADATA_PREFIX + "release"] = release
+        schedule = schedule or get_release(release).schedule
+        one_step = one_step or get_release(release).one_step
+    if schedule:
+        metadata[METADATA_PREFIX + "schedule"] = json.dumps(schedule.to_dict())
+    metadata[METADATA_PREFIX + "one_step"] = "true" if one_step else "false"
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=metadata)
+    return Path(path)
+
+
+def save_autoencoder(model: VQAutoencoder, path: str | os.PathLike, name: str | None = None) -> Path:
+    """Write an autoencoder as .safetensors (its config and, if known, its release name in the metadata)."""
+    from safetensors.torch import save_file
+
+    metadata = {METADATA_PREFIX + "format_version": FORMAT_VERSION, METADATA_PREFIX + "kind": AUTOENCODER_KIND,
+                METADATA_PREFIX + "vq_config": json.dumps(model.config.to_dict())}
+    if name:
+        metadata[METADATA_PREFIX + "autoencoder"] = name
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=metadata)
+    return Path(path)
+

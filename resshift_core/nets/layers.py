@@ -1,0 +1,42 @@
+"""Small building blocks shared by the UNet and the autoencoder."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm whose statistics are always computed in float32, then cast back to the input dtype.
+
+    The official UNet does this (eps 1e-5); the autoencoder uses eps 1e-6. Computing in fp32 keeps fp16/bf16 runs
+    close to fp32 ones, since group variances of large feature maps lose digits in half precision.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of the raw integer step index, cosine half first (as the official code).
+
+    Args:
+        timesteps: (B,) step indices (int64; the raw t = 0..T-1, not rescaled).
+        dim: embedding width (the UNet's model_channels).
+    Returns:
+        (B, dim) float32: [cos(t f_i), sin(t f_i)] with f_i = max_period^(-i / (dim // 2)).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(timesteps.device)
+    args = timesteps[:, None].float() * freqs[None]
+    embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+    return embedding

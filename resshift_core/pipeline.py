@@ -1,0 +1,292 @@
+"""The public entry point: images in, upscaled (or restored) images out.
+
+    pipe = ResShiftPipeline.from_files("resshift_realsrx4_s4_v3.pth", "autoencoder_vq_f4.pth")
+    hr = pipe.upscale(lr, seed=12345)          # lr: (B, 3, H, W) float in [0, 1] -> (B, 3, 4H, 4W) in [0, 1]
+
+One run (the official ``sample_func``): pad the LR image bottom/right to the padding multiple, up-sample it bicubically
+(x scale), encode it to the latent y, run the chain (``sampler.sample``), decode the final latent (quantised), crop
+and clamp. Images larger than a chop size can be processed in overlapping patches like the official code
+(``chop_size`` / ``chop_stride``: each patch is an independent run, results averaged uniformly).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import LoadedUNet, load_autoencoder, load_unet, resolve_schedule
+from .errors import InputImageError, ResShiftError
+from .images import as_image_batch, tensor_to_pil
+from .nets.unet import ResShiftUNet
+from .nets.vqgan import VQAutoencoder
+from .releases import Release
+from .sampler import CancelCheck, NoiseSource, ProgressCallback, StepProgress, sample
+from .schedule import Schedule, ScheduleParams
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype.lower()]
+    except KeyError:
+        raise ResShiftError(f"unknown dtype {dtype!r}; expected one of fp32, fp16, bf16") from None
+
+
+def pad_bottom_right(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (B, C, H, W) on the bottom and right to multiples of ``multiple``.
+
+    Official rule: reflect padding. Reflection needs pad < side, which fails for images smaller than about half the
+    multiple (the official code raises there); we then reflect repeatedly (a mirror extension: each pass adds at
+    most side - 1 pixels), and for a side of 1 pixel, where nothing can be mirrored, repeat the edge.
+    """
+    height, width = image.shape[-2:]
+    target_h = math.ceil(height / multiple) * multiple
+    target_w = math.ceil(width / multiple) * multiple
+    while image.shape[-2] < target_h or image.shape[-1] < target_w:
+        h, w = image.shape[-2:]
+        pad_h, pad_w = target_h - h, target_w - w
+        if (pad_h and h == 1) or (pad_w and w == 1):
+            image = F.pad(image, (0, pad_w if w == 1 else 0, 0, pad_h if h == 1 else 0), mode="replicate")
+            continue
+        image = F.pad(image, (0, min(pad_w, w - 1), 0, min(pad_h, h - 1)), mode="reflect")
+    return image
+
+
+def chop_starts(length: int, chop_size: int, stride: int) -> list[int]:
+    """Patch starts along one axis, as the official ``ImageSpliterTh``: 0, stride, ... with overrunning starts moved
+    to length - chop_size and duplicates dropped; an axis not longer than chop_size has the single start 0."""
+    if length <= chop_size:
+        return [0]
+    starts = [min(s, length - chop_size) for s in range(0, length, stride)]
+    return list(dict.fromkeys(starts))
+
+
+class ResShiftPipeline:
+    """A UNet, its autoencoder and its schedule, ready to run on a device in a dtype.
+
+    Args:
+        unet: the diffusion network.
+        autoencoder: the VQ autoencoder it was trained with.
+        schedule: its noise schedule (see :mod:`resshift_core.releases`).
+        scale: output / input size (4 for SR; 1 for inpainting and face restoration).
+        one_step: SinSR-style single network call.
+        release: the release it came from, if known.
+        device, dtype: where and in which precision the networks run (latents and schedule math stay float32).
+        padding_multiple: LR padding multiple; default the official one (the UNet's ``lq_size``).
+    """
+
+    def __init__(self, unet: ResShiftUNet, autoencoder: VQAutoencoder, schedule: ScheduleParams | Schedule,
+                 scale: int, *, one_step: bool = False, release: Release | None = None,
+                 device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                 padding_multiple: int | None = None):
+        self.unet = unet.eval().requires_grad_(False)
+        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
+        self.scale = int(scale)
+        self.one_step = one_step
+        self.release = release
+        self.padding_multiple = padding_multiple or unet.config.lq_size
+        if self.scale * 2 ** unet.config.feature_stages != autoencoder.downsample_factor:
+            raise ResShiftError(
+                f"scale x{self.scale} does not fit this UNet / autoencoder pair (LR path /{2 ** unet.config.feature_stages},"
+                f" autoencoder /{autoencoder.downsample_factor}): the expected scale is "
+                f"x{autoencoder.downsample_factor // 2 ** unet.config.feature_stages}")
+        if autoencoder.config.embed_dim != unet.config.in_channels:
+            raise ResShiftError(f"the autoencoder's latent has {autoencoder.config.embed_dim} channels but the UNet "
+                                f"expects {unet.config.in_channels}: they are not a pair (face models need their own "
+                                f"autoencoder, see the release table)")
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.to(device or "cpu", dtype)
+
+    # ---------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_files(cls, unet_path: str | os.PathLike, autoencoder_path: str | os.PathLike, *,
+                   release: str | Release | None = None, scale: int | None = None, device=None, dtype=None,
+                   padding_multiple: int | None = None) -> "ResShiftPipeline":
+        """Load both networks from files (official .pth or our .safetensors).
+
+        ``release`` names the release when the file does not say it (an official file renamed, a converted file
+        without metadata); its schedule cannot be read from weights.
+        """
+        loaded: LoadedUNet = load_unet(unet_path, release)
+        schedule = resolve_schedule(loaded)
+        autoencoder = load_autoencoder(autoencoder_path)
+        if scale is None:
+            scale = loaded.release.scale if loaded.release else cls.infer_scale(loaded.model, autoencoder)
+        return cls(loaded.model, autoencoder, schedule, scale, one_step=loaded.one_step, release=loaded.release,
+                   device=device, dtype=dtype, padding_multiple=padding_multiple)
+
+    @classmethod
+    def from_release(cls, name: str, *, cache_dir: str | os.PathLike | None = None, device=None, dtype=None,
+                     download: bool = True, progress: bool = True) -> "ResShiftPipeline":
+        """Load an official release from the cache folder, downloading its files on first use."""
+        from .hub import fetch_release_files
+
+        unet_path, autoencoder_path, release = fetch_release_files(name, cache_dir=cache_dir, download=download,
+                                                                   progress=progress)
+        return cls.from_files(unet_path, autoencoder_path, release=release, device=device, dtype=dtype)
+
+    @staticmethod
+    def infer_scale(unet: ResShiftUNet, autoencoder: VQAutoencoder) -> int:
+        """Scale of an SR model: LR pixels per latent pixel is lq_size / image_size; output pixels per latent pixel
+        is the autoencoder factor."""
+        lr_per_latent = unet.config.lq_size // unet.config.image_size
+        return max(1, autoencoder.downsample_factor // lr_per_latent)
+
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+           ) -> "ResShiftPipeline":
+        if device is not None:
+            self.device = torch.device(device)
+        if dtype is not None:
+            self.dtype = parse_dtype(dtype)
+        self.unet.to(self.device, self.dtype)
+        self.autoencoder.to(self.device, self.dtype)
+        # The codebook stays float32: nearest-code search on half-precision distances flips indices.
+        self.autoencoder.quantize.float()
+        return self
+
+    # ------------------------------------------------------------------------------------------------ one run
+    def _denoiser(self, lq_features: torch.Tensor):
+        def denoise(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.unet(x_in.to(self.dtype), t, lq_features=lq_features).float()
+        return denoise
+
+    def encode(self, image_m11: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1], H and W multiples of the autoencoder factor -> float32 latent."""
+        return self.autoencoder.encode(image_m11.to(self.device, self.dtype)).float()
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent -> (B, 3, H, W) float32 image, about [-1, 1] (quantises first, as officially)."""
+        return self.autoencoder.decode(latent.to(self.device, self.dtype)).float()
+
+    def sample_padded(self, lr_m11: torch.Tensor, noise: NoiseSource, *, mask_m11: torch.Tensor | None = None,
+                      callback: ProgressCallback | None = None, cancel: CancelCheck | None = None,
+                      trace: dict | None = None, tile: int = 1, total_tiles: int = 1) -> torch.Tensor:
+        """The official ``sample_func``: one complete run on one (batch of) LR image(s).
+
+        Args:
+            lr_m11: (B, 3, h, w) LR in [-1, 1] on the pipeline's device.
+            mask_m11: (B, 1, h, w) inpainting mask in [-1, 1] (+1 = fill).
+        Returns:
+            (B, 3, h * scale, w * scale) float32 in [-1, 1].
+        """
+        height, width = lr_m11.shape[-2:]
+        padded = pad_bottom_right(lr_m11, self.padding_multiple)
+        mask_padded = None if mask_m11 is None else pad_bottom_right(mask_m11, self.padding_multiple)
+        upsampled = padded if self.scale == 1 else F.interpolate(padded, scale_factor=self.scale, mode="bicubic")
+        y = self.encode(upsampled)
+        lq_features = self.unet.condition_features(padded.to(self.dtype), None if mask_padded is None
+                                                   else mask_padded.to(self.dtype))
+        z0 = sample(self._denoiser(lq_features), y, self.schedule, noise, one_step=self.one_step,
+                    callback=callback, cancel=cancel, trace=trace, tile=tile, total_tiles=total_tiles)
+        decoded = self.decode(z0)
+        if trace is not None:
+            trace.update({"y0_padded_in": padded, "y_up_bicubic": upsampled, "x_dec": decoded,
+                          "lq_features": lq_features.float()})
+        return decoded[:, :, :height * self.scale, :width * self.scale].clamp(-1.0, 1.0)
+
+    # ------------------------------------------------------------------------------------------- public API
+    @torch.inference_mode()
+    def upscale(self, images, *, mask=None, seed: int | None = None, generator: torch.Generator | None = None,
+                noise: Sequence[torch.Tensor] | None = None, callback: ProgressCallback | None = None,
+                cancel: CancelCheck | None = None, chop_size: int | None = None, chop_stride: int | None = None,
+                mask_back: bool = True, max_input_pixels: int | None = None, trace: dict | None = None):
+        """Upscale (or restore) a batch of images.
+
+        Args:
+            images: (B, 3, H, W) float tensor in [0, 1] (uint8 and (3, H, W) accepted), a PIL image or a list of
+                same-size PIL images. Any size from 1x1 px.
+            mask: inpainting only: (B, 1, H, W) in [0, 1], 1 = region to fill.
+            seed / generator / noise: the randomness (a seed, a torch.Generator, or recorded draws to replay).
+                With none of them a random seed is used.
+            callback: receives a :class:`StepProgress` after every network call.
+            cancel: polled between steps; returning True raises :class:`CancelledError` (nothing is returned).
+            chop_size, chop_stride: official patch-wise processing in LR pixels for large inputs
+                (default stride: chop_size - chop_size // 8); each patch is an independent run and overlaps are
+                averaged uniformly.
+            mask_back: inpainting: keep the known pixels from the input (official default).
+            max_input_pixels: refuse larger inputs with a clear error instead of running out of memory.
+            trace: if a dict, receives the intermediate tensors of an unchopped run (for tests).
+        Returns:
+            (B, 3, H * scale, W * scale) float32 tensor in [0, 1] on the pipeline's device, or PIL image(s) when PIL
+            image(s) were given.
+        """
+        return_pil = not isinstance(images, torch.Tensor)
+        batch = as_image_batch(images).to(self.device)
+        height, width = batch.shape[-2:]
+        if max_input_pixels is not None and height * width > max_input_pixels:
+            raise InputImageError(f"the input is {width}x{height} = {width * height} px, more than the limit of "
+                                  f"{max_input_pixels} px; down-scale it or raise the limit")
+        mask_m11 = self._prepare_mask(mask, batch)
+        if noise is not None:
+            source = NoiseSource(replay=noise)
+        elif generator is not None:
+            source = NoiseSource(generator)
+        else:
+            source = NoiseSource.from_seed(seed)
+        lr_m11 = batch * 2.0 - 1.0
+        if chop_size is not None and (height > chop_size or width > chop_size):
+            stride = chop_stride or chop_size - chop_size // 8
+            sr_m11 = self._chopped(lr_m11, mask_m11, source, chop_size, stride, callback, cancel)
+        else:
+            sr_m11 = self.sample_padded(lr_m11, source, mask_m11=mask_m11, callback=callback, cancel=cancel,
+                                        trace=trace)
+        result = sr_m11 * 0.5 + 0.5
+        if trace is not None:
+            trace["sr_unblended"] = result
+        if mask_m11 is not None and mask_back:
+            keep = mask_m11 * 0.5 + 0.5
+            result = result * keep + batch * (1 - keep)
+        if trace is not None:
+            trace["sr_01"] = result
+        return tensor_to_pil(result) if return_pil else result
+
+    def _prepare_mask(self, mask, batch: torch.Tensor) -> torch.Tensor | None:
+        if not self.unet.config.cond_mask:
+            if mask is not None:
+                raise InputImageError("this model takes no mask; masks are for the inpainting releases")
+            return None
+        if mask is None:
+            raise InputImageError("this is an inpainting model: pass mask=(B, 1, H, W) in [0, 1], 1 = fill")
+        if not isinstance(mask, torch.Tensor):
+            mask = as_image_batch(mask)[:, :1]
+        mask = mask.float().to(self.device)
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(1)
+        if mask.shape[0] == 1 and batch.shape[0] > 1:
+            mask = mask.expand(batch.shape[0], -1, -1, -1)
+        if mask.shape[1] != 1 or mask.shape[-2:] != batch.shape[-2:] or mask.shape[0] != batch.shape[0]:
+            raise InputImageError(f"the mask must be (B, 1, H, W) matching the image {tuple(batch.shape)}, "
+                                  f"got {tuple(mask.shape)}")
+        return mask * 2.0 - 1.0
+
+    def _chopped(self, lr_m11: torch.Tensor, mask_m11: torch.Tensor | None, source: NoiseSource, chop_size: int,
+                 stride: int, callback: ProgressCallback | None, cancel: CancelCheck | None) -> torch.Tensor:
+        """Official patch-wise processing: independent runs on overlapping patches, uniform averaging."""
+        batch, _, height, width = lr_m11.shape
+        starts = [(r, c) for r in chop_starts(height, chop_size, stride) for c in chop_starts(width, chop_size, stride)]
+        canvas = torch.zeros(batch, 3, height * self.scale, width * self.scale, device=lr_m11.device)
+        count = torch.zeros_like(canvas)
+        for number, (row, col) in enumerate(starts):
+            patch = lr_m11[:, :, row:row + chop_size, col:col + chop_size]
+            mask_patch = None if mask_m11 is None else mask_m11[:, :, row:row + chop_size, col:col + chop_size]
+            result = self.sample_padded(patch, source, mask_m11=mask_patch, callback=callback, cancel=cancel,
+                                        tile=number + 1, total_tiles=len(starts))
+            s = self.scale
+            canvas[:, :, row * s:row * s + result.shape[-2], col * s:col * s + result.shape[-1]] += result
+            count[:, :, row * s:row * s + result.shape[-2], col * s:col * s + result.shape[-1]] += 1
+        return canvas / count

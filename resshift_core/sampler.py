@@ -1,0 +1,129 @@
+"""The ResShift reverse process as a plain loop (paper Eq. 4, 6, 7), independent of networks and image handling.
+
+A *denoiser* is ``denoise(x_in, t) -> x0``: it receives the scaled state x_t / sqrt(kappa^2 eta_t + 1) and the
+(B,) int64 step index, and predicts the clean latent. Noise comes from a :class:`NoiseSource`, so a run can use a
+seed, a ``torch.Generator``, or replay recorded draws. The official code draws T + 1 tensors per run, in this order:
+the prior, then one after every network call (also at t = 0, where it is multiplied by zero); this loop does the
+same, so recorded official noise replays exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+from .errors import CancelledError
+from .schedule import Schedule
+
+
+@dataclass
+class StepProgress:
+    """What a callback receives after every network call.
+
+    Attributes:
+        step: 1-based count of network calls done in this run (of ``total_steps``).
+        total_steps: network calls per run.
+        t: diffusion index of the call just made (T-1 ... 0).
+        x_t: (B, C, h, w) state after the step, float32.
+        x0_pred: (B, C, h, w) the network's x0 prediction (a preview can decode it).
+        tile, total_tiles: 1-based tile index and count when the image is processed in pieces (1, 1 otherwise).
+    """
+
+    step: int
+    total_steps: int
+    t: int
+    x_t: torch.Tensor
+    x0_pred: torch.Tensor
+    tile: int = 1
+    total_tiles: int = 1
+
+
+ProgressCallback = Callable[[StepProgress], None]
+CancelCheck = Callable[[], bool]
+
+
+class NoiseSource:
+    """Standard-normal draws for a run: from a generator (default: CPU, so a seed gives the same image on every
+    device) or replayed from a list of recorded tensors."""
+
+    def __init__(self, generator: torch.Generator | None = None, replay: Iterable[torch.Tensor] | None = None):
+        self.generator = generator
+        self._replay = None if replay is None else iter(list(replay))
+        self.draws = 0
+
+    @classmethod
+    def from_seed(cls, seed: int | None) -> "NoiseSource":
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(seed))
+        return cls(generator)
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        """A float32 N(0, 1) tensor shaped like ``like``, on like's device."""
+        self.draws += 1
+        if self._replay is not None:
+            try:
+                value = next(self._replay)
+            except StopIteration:
+                raise ValueError(f"replayed noise ran out after {self.draws - 1} draws") from None
+            if value.shape != like.shape:
+                raise ValueError(f"replayed draw {self.draws - 1} has shape {tuple(value.shape)}, "
+                                 f"expected {tuple(like.shape)}")
+            return value.to(device=like.device, dtype=torch.float32)
+        gen_device = self.generator.device if self.generator is not None else torch.device("cpu")
+        value = torch.randn(like.shape, generator=self.generator, device=gen_device, dtype=torch.float32)
+        return value.to(like.device)
+
+
+def check_cancel(cancel: CancelCheck | None) -> None:
+    if cancel is not None and cancel():
+        raise CancelledError("the run was cancelled")
+
+
+def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: torch.Tensor, schedule: Schedule,
+           noise: NoiseSource, *, one_step: bool = False, callback: ProgressCallback | None = None,
+           cancel: CancelCheck | None = None, trace: dict | None = None, tile: int = 1,
+           total_tiles: int = 1) -> torch.Tensor:
+    """Run the chain from the LR latent to the predicted HR latent.
+
+    Args:
+        denoise: the network, ``denoise(x_in, t) -> x0`` on (B, C, h, w) float32 tensors.
+        y: (B, C, h, w) float32 latent of the (up-sampled) LR image, unquantised.
+        schedule: the model's schedule.
+        noise: where the T + 1 draws come from.
+        one_step: SinSR: a single call at t = T-1 whose x0 prediction is the result (one draw).
+        callback: called after every network call with a :class:`StepProgress`.
+        cancel: polled before every network call; True raises :class:`CancelledError`.
+        trace: if a dict, receives the intermediate tensors under the official fixture names.
+    Returns:
+        (B, C, h, w) float32 final latent (equal to the x0 prediction of the last call).
+    """
+    last = schedule.num_steps - 1
+    x = schedule.prior_sample(y, noise(y))  # Eq. 4: x_T ~ N(y, kappa^2 eta_T I)
+    if trace is not None:
+        trace["z_y"], trace["z_T"] = y, x
+    steps: Sequence[int] = [last] if one_step else range(last, -1, -1)
+    for number, t in enumerate(steps):
+        check_cancel(cancel)
+        t_batch = torch.full((y.shape[0],), t, dtype=torch.long, device=y.device)
+        x_in = schedule.scale_input(x, t_batch)
+        x0_pred = denoise(x_in, t_batch).float()  # f_theta of Eq. 7: no clamping in latent space
+        if one_step:
+            mean, x_next = x0_pred, x0_pred
+        else:
+            mean = schedule.posterior_mean(x, x0_pred, t_batch)  # Eq. 6-7
+            x_next = schedule.add_step_noise(mean, t_batch, noise(x))
+        if trace is not None:
+            prefix = f"step{number:02d}."
+            trace.update({prefix + "z_t": x, prefix + "x_in": x_in, prefix + "model_out": x0_pred,
+                          prefix + "mean": mean, prefix + "sample": x_next})
+        x = x_next
+        if callback is not None:
+            callback(StepProgress(number + 1, len(steps), t, x, x0_pred, tile, total_tiles))
+    if trace is not None:
+        trace["z_0"] = x
+    return x
