@@ -99,18 +99,53 @@ def _read_torch_file(path: Path) -> Mapping:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        message = str(error)
-        if "Weights only load failed" in message or "Unsupported" in message or "global" in message:
+        foreign = _foreign_pickle_globals(path)
+        if foreign:  # the pickle names Python objects to call: code, not data
             raise UnsafeCheckpointError(
-                f"checkpoint {_describe(path)} is a pickle that needs to run code to load, which this project never "
-                f"does (it could be malicious). Use the official file, or convert a trusted file to .safetensors "
-                f"with the tool that made it. Details: {message.splitlines()[0]}") from error
-        raise CorruptCheckpointError(f"checkpoint {_describe(path)} could not be unpickled ({message.splitlines()[0]});"
-                                     f" it is probably truncated or damaged: download it again") from error
+                f"checkpoint {_describe(path)} is a pickle that needs to run code to load ({', '.join(foreign[:3])}), "
+                f"which this project never does: it could be malicious. Use the official file, or a .safetensors "
+                f"conversion of a trusted file.") from error
+        raise CorruptCheckpointError(f"{_describe(path)} is not a readable PyTorch checkpoint (it is damaged, "
+                                     f"truncated or another kind of file): download or export it again") from error
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
         raise CorruptCheckpointError(
             f"checkpoint {_describe(path)} is truncated or damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__});"
             f" download it again") from error
+
+
+_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "numpy.core.multiarray._reconstruct",
+                         "numpy.dtype", "numpy.ndarray", "builtins.set", "builtins.frozenset")
+
+
+def _foreign_pickle_globals(path: Path) -> list[str]:
+    """Globals (importable callables) that a pickle names, other than the tensor-rebuilding ones torch uses.
+
+    Only parses the opcode stream (pickletools), never executes it. Reads ``*/data.pkl`` of a zip checkpoint or the
+    raw file of a legacy one.
+    """
+    import pickletools
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    names, strings = [], []
+    try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                names.append(str(argument).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(argument, str):
+                strings.append(argument)
+    except Exception:  # a damaged stream: whatever was parsed before the damage still counts
+        pass
+    return [n for n in dict.fromkeys(names) if not n.startswith(_SAFE_GLOBAL_PREFIXES)]
 
 
 def canonicalize(obj, path: Path | None = None) -> dict[str, torch.Tensor]:
@@ -362,6 +397,21 @@ def load_unet(path: str | os.PathLike, release: str | Release | None = None) -> 
     if found is not None:
         _check_release_fits(found, config, raw.path)
     return LoadedUNet(model, found, schedule, one_step, raw.path)
+
+
+def expected_payload_bytes(config: UNetConfig | VQConfig) -> int:
+    """Bytes of tensor data in a float32 checkpoint of this architecture (buffers included): an official file is
+    this plus a little container overhead, which identifies released files by size."""
+    with torch.device("meta"):
+        model = ResShiftUNet(config) if isinstance(config, UNetConfig) else VQAutoencoder(config)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def size_matches(path: Path, config: UNetConfig | VQConfig) -> bool:
+    """True when the file's size is the architecture's payload plus at most 2% (+1 MiB) of container overhead."""
+    payload = expected_payload_bytes(config)
+    size = Path(path).stat().st_size
+    return payload <= size <= payload * 1.02 + (1 << 20)
 
 
 def _check_release_fits(release: Release, config: UNetConfig, path: Path) -> None:

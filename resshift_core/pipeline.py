@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -25,8 +26,9 @@ from .images import as_image_batch, tensor_to_pil
 from .nets.unet import ResShiftUNet
 from .nets.vqgan import VQAutoencoder
 from .releases import Release
-from .sampler import CancelCheck, NoiseSource, ProgressCallback, StepProgress, sample
+from .sampler import CancelCheck, NoiseSource, ProgressCallback, StepProgress, check_cancel, sample
 from .schedule import Schedule, ScheduleParams
+from .tiling import Blender, plan_tiles, tiled_apply
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,54 @@ def chop_starts(length: int, chop_size: int, stride: int) -> list[int]:
         return [0]
     starts = [min(s, length - chop_size) for s in range(0, length, stride)]
     return list(dict.fromkeys(starts))
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """How large inputs are cut. Sizes are in latent pixels (= LR pixels for the x4 SR models).
+
+    Attributes:
+        mode: ``"auto"`` tiles whatever is larger than one tile, ``"off"`` never tiles (the official computation
+            whatever the size; the autoencoder's global attention then needs memory quadratic in the area),
+            ``"latent"`` always plans tiles (one tile when the image fits).
+        tile_size: largest UNet tile; the planner picks the size (a multiple of the UNet's latent multiple) that covers
+            the image with the least overlap work.
+        overlap: least overlap between neighbouring UNet tiles.
+        vae_tile_size, vae_overlap: the same for the autoencoder (latent pixels).
+        batch_size: UNet tiles run together (GPU).
+    """
+
+    mode: str = "auto"
+    tile_size: int = 256
+    overlap: int = 32
+    vae_tile_size: int = 96
+    vae_overlap: int = 8
+    batch_size: int = 1
+
+    @classmethod
+    def for_device(cls, device: torch.device, **overrides) -> "TileSettings":
+        defaults = cls(batch_size=4, vae_tile_size=128) if device.type == "cuda" else cls()
+        values = {k: v for k, v in overrides.items() if v is not None}
+        if values.get("mode", defaults.mode) not in ("auto", "off", "latent"):
+            raise ResShiftError(f"tiling must be 'auto', 'off' or 'latent', got {values['mode']!r}")
+        return replace(defaults, **values)
+
+    def halved(self, multiple: int) -> "TileSettings | None":
+        """Smaller tiles after an out-of-memory error, or None when they cannot shrink further."""
+        if self.batch_size > 1:
+            return replace(self, batch_size=self.batch_size // 2)
+        tile = max(multiple, (self.tile_size // 2) // multiple * multiple)
+        vae_tile = max(16, self.vae_tile_size // 2)
+        if tile == self.tile_size and vae_tile == self.vae_tile_size:
+            return None
+        return replace(self, mode="latent" if self.mode == "off" else self.mode, tile_size=tile,
+                       overlap=min(self.overlap, tile // 4), vae_tile_size=vae_tile,
+                       vae_overlap=min(self.vae_overlap, vae_tile // 4))
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(error, oom)) or "out of memory" in str(error).lower()
 
 
 class ResShiftPipeline:
@@ -165,17 +215,70 @@ class ResShiftPipeline:
             return self.unet(x_in.to(self.dtype), t, lq_features=lq_features).float()
         return denoise
 
-    def encode(self, image_m11: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1], H and W multiples of the autoencoder factor -> float32 latent."""
-        return self.autoencoder.encode(image_m11.to(self.device, self.dtype)).float()
+    def _tiled_denoiser(self, lq_features: torch.Tensor, tiles: TileSettings, callback: ProgressCallback | None,
+                        cancel: CancelCheck | None, total_steps: int):
+        """A denoiser that runs the UNet on overlapping latent tiles and blends the x0 predictions smoothly.
 
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
-        """Latent -> (B, 3, H, W) float32 image, about [-1, 1] (quantises first, as officially)."""
-        return self.autoencoder.decode(latent.to(self.device, self.dtype)).float()
+        Tiles are batched (``tiles.batch_size``); each tile's GroupNorm statistics are its own, which the smooth
+        blending hides. Reports progress after every tile but the last of a step (the sampler reports that one).
+        """
+        height, width = lq_features.shape[-2:]
+        plan = plan_tiles(height, width, tiles.tile_size, tiles.overlap, self.unet.config.latent_multiple)
+        windows = list(plan.windows())
+        calls = [0]
+
+        def denoise(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            calls[0] += 1
+            blender = Blender((x_in.shape[0], self.unet.config.out_channels, height, width), x_in.device, plan,
+                              tiles.overlap)
+            for first in range(0, len(windows), tiles.batch_size):
+                check_cancel(cancel)
+                group = windows[first:first + tiles.batch_size]
+                x_tiles = torch.cat([x_in[:, :, r, c] for r, c in group]).to(self.dtype)
+                f_tiles = torch.cat([lq_features[:, :, r, c] for r, c in group])
+                out = self.unet(x_tiles, t.repeat(len(group)), lq_features=f_tiles).float()
+                for index, (rows, cols) in enumerate(group):
+                    blender.add(rows, cols, out[index * x_in.shape[0]:(index + 1) * x_in.shape[0]])
+                done = first + len(group)
+                if callback is not None and done < len(windows):
+                    callback(StepProgress(calls[0], total_steps, int(t[0]), x_in, blender.result(), done,
+                                          len(windows)))
+            return blender.result()
+
+        return denoise, len(windows)
+
+    def encode(self, image_m11: torch.Tensor, tiles: TileSettings | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1], H and W multiples of the autoencoder factor -> float32 latent.
+
+        With ``tiles`` (mode other than "off"), images larger than one autoencoder tile are encoded tile by tile.
+        """
+        image = image_m11.to(self.device, self.dtype)
+        encoder = self.autoencoder.encode
+        if tiles is None or tiles.mode == "off":
+            return encoder(image).float()
+        factor = self.autoencoder.downsample_factor
+        return tiled_apply(lambda tile: encoder(tile).float(), image, self.autoencoder.config.embed_dim,
+                           1 / factor, tiles.vae_tile_size, tiles.vae_overlap)
+
+    def decode(self, latent: torch.Tensor, tiles: TileSettings | None = None) -> torch.Tensor:
+        """Latent -> (B, 3, H, W) float32 image, about [-1, 1] (quantises first, as officially).
+
+        Quantisation and post_quant_conv are per position, so they run on the whole latent; only the decoder is
+        tiled.
+        """
+        autoencoder = self.autoencoder
+        latent = latent.to(self.device)
+        if tiles is None or tiles.mode == "off":
+            return autoencoder.decode(latent.to(self.dtype)).float()
+        quantized = autoencoder.quantize(latent.float()).to(self.dtype)
+        features = autoencoder.post_quant_conv(quantized)
+        return tiled_apply(lambda tile: autoencoder.decoder(tile).float(), features, autoencoder.config.out_ch,
+                           autoencoder.downsample_factor, tiles.vae_tile_size, tiles.vae_overlap)
 
     def sample_padded(self, lr_m11: torch.Tensor, noise: NoiseSource, *, mask_m11: torch.Tensor | None = None,
                       callback: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-                      trace: dict | None = None, tile: int = 1, total_tiles: int = 1) -> torch.Tensor:
+                      trace: dict | None = None, tile: int = 1, total_tiles: int = 1,
+                      tiles: TileSettings | None = None) -> torch.Tensor:
         """The official ``sample_func``: one complete run on one (batch of) LR image(s).
 
         Args:
@@ -188,12 +291,20 @@ class ResShiftPipeline:
         padded = pad_bottom_right(lr_m11, self.padding_multiple)
         mask_padded = None if mask_m11 is None else pad_bottom_right(mask_m11, self.padding_multiple)
         upsampled = padded if self.scale == 1 else F.interpolate(padded, scale_factor=self.scale, mode="bicubic")
-        y = self.encode(upsampled)
+        y = self.encode(upsampled, tiles)
         lq_features = self.unet.condition_features(padded.to(self.dtype), None if mask_padded is None
                                                    else mask_padded.to(self.dtype))
-        z0 = sample(self._denoiser(lq_features), y, self.schedule, noise, one_step=self.one_step,
+        calls = 1 if self.one_step else self.schedule.num_steps
+        use_tiles = tiles is not None and (tiles.mode == "latent" or (
+            tiles.mode == "auto" and max(y.shape[-2:]) > tiles.tile_size))
+        if use_tiles:
+            denoise, total_tiles = self._tiled_denoiser(lq_features, tiles, callback, cancel, calls)
+            tile = total_tiles
+        else:
+            denoise = self._denoiser(lq_features)
+        z0 = sample(denoise, y, self.schedule, noise, one_step=self.one_step,
                     callback=callback, cancel=cancel, trace=trace, tile=tile, total_tiles=total_tiles)
-        decoded = self.decode(z0)
+        decoded = self.decode(z0, tiles)
         if trace is not None:
             trace.update({"y0_padded_in": padded, "y_up_bicubic": upsampled, "x_dec": decoded,
                           "lq_features": lq_features.float()})
@@ -203,7 +314,9 @@ class ResShiftPipeline:
     @torch.inference_mode()
     def upscale(self, images, *, mask=None, seed: int | None = None, generator: torch.Generator | None = None,
                 noise: Sequence[torch.Tensor] | None = None, callback: ProgressCallback | None = None,
-                cancel: CancelCheck | None = None, chop_size: int | None = None, chop_stride: int | None = None,
+                cancel: CancelCheck | None = None, tiling: str | None = None, tile_size: int | None = None,
+                tile_overlap: int | None = None, vae_tile_size: int | None = None,
+                tile_batch_size: int | None = None, chop_size: int | None = None, chop_stride: int | None = None,
                 mask_back: bool = True, max_input_pixels: int | None = None, trace: dict | None = None):
         """Upscale (or restore) a batch of images.
 
@@ -213,9 +326,15 @@ class ResShiftPipeline:
             mask: inpainting only: (B, 1, H, W) in [0, 1], 1 = region to fill.
             seed / generator / noise: the randomness (a seed, a torch.Generator, or recorded draws to replay).
                 With none of them a random seed is used.
-            callback: receives a :class:`StepProgress` after every network call.
-            cancel: polled between steps; returning True raises :class:`CancelledError` (nothing is returned).
-            chop_size, chop_stride: official patch-wise processing in LR pixels for large inputs
+            callback: receives a :class:`StepProgress` after every network call (and every tile when tiled).
+            cancel: polled between steps and tiles; returning True raises :class:`CancelledError` (nothing is
+                returned).
+            tiling, tile_size, tile_overlap, vae_tile_size, tile_batch_size: latent tiling (see
+                :class:`TileSettings`; defaults depend on the device). The default ``"auto"`` leaves images that fit
+                one tile untouched (the official computation) and cuts larger ones into blended tiles with one noise
+                field, in memory bounded by the tile size. On a CUDA out-of-memory error the run is retried with
+                smaller tiles.
+            chop_size, chop_stride: instead of latent tiling, the official patch-wise processing (LR pixels)
                 (default stride: chop_size - chop_size // 8); each patch is an independent run and overlaps are
                 averaged uniformly.
             mask_back: inpainting: keep the known pixels from the input (official default).
@@ -232,19 +351,36 @@ class ResShiftPipeline:
             raise InputImageError(f"the input is {width}x{height} = {width * height} px, more than the limit of "
                                   f"{max_input_pixels} px; down-scale it or raise the limit")
         mask_m11 = self._prepare_mask(mask, batch)
-        if noise is not None:
-            source = NoiseSource(replay=noise)
-        elif generator is not None:
-            source = NoiseSource(generator)
-        else:
-            source = NoiseSource.from_seed(seed)
+        tiles = TileSettings.for_device(self.device, mode=tiling, tile_size=tile_size, overlap=tile_overlap,
+                                        vae_tile_size=vae_tile_size, batch_size=tile_batch_size)
+        if seed is None and generator is None and noise is None:
+            seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+        generator_state = generator.get_state() if generator is not None else None
         lr_m11 = batch * 2.0 - 1.0
-        if chop_size is not None and (height > chop_size or width > chop_size):
-            stride = chop_stride or chop_size - chop_size // 8
-            sr_m11 = self._chopped(lr_m11, mask_m11, source, chop_size, stride, callback, cancel)
-        else:
-            sr_m11 = self.sample_padded(lr_m11, source, mask_m11=mask_m11, callback=callback, cancel=cancel,
-                                        trace=trace)
+        while True:
+            # A fresh noise source per attempt, so that a retry after out-of-memory gives the same image.
+            if noise is not None:
+                source = NoiseSource(replay=noise)
+            elif generator is not None:
+                generator.set_state(generator_state)
+                source = NoiseSource(generator)
+            else:
+                source = NoiseSource.from_seed(seed)
+            try:
+                if chop_size is not None and (height > chop_size or width > chop_size):
+                    stride = chop_stride or chop_size - chop_size // 8
+                    sr_m11 = self._chopped(lr_m11, mask_m11, source, chop_size, stride, callback, cancel)
+                else:
+                    sr_m11 = self.sample_padded(lr_m11, source, mask_m11=mask_m11, callback=callback,
+                                                cancel=cancel, trace=trace, tiles=tiles)
+                break
+            except (RuntimeError, MemoryError) as error:
+                smaller = tiles.halved(self.unet.config.latent_multiple) if _is_out_of_memory(error) else None
+                if smaller is None or self.device.type != "cuda":
+                    raise
+                logger.warning("out of memory with %s; retrying with %s", tiles, smaller)
+                torch.cuda.empty_cache()
+                tiles = smaller
         result = sr_m11 * 0.5 + 0.5
         if trace is not None:
             trace["sr_unblended"] = result

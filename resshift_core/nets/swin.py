@@ -152,15 +152,16 @@ class SwinTransformerBlock(nn.Module):
         cacheable = not (torch.is_grad_enabled() and table.requires_grad)
         key = (height, width, str(device), table._version, table.data_ptr(),
                None if self.attn_mask is None else (self.attn_mask._version, self.attn_mask.data_ptr()))
-        if cacheable and key in self._bias_cache:
-            return self._bias_cache[key]
+        cached = self._bias_cache.get(key) if cacheable else None  # one lookup: safe when threads share the model
+        if cached is not None:
+            return cached
         bias = self.attn.position_bias().float().unsqueeze(0)
         mask = self._shift_mask(height, width, device)
         if mask is not None:
             bias = bias + mask.float().unsqueeze(1)
         if cacheable:
             if len(self._bias_cache) > 8:
-                self._bias_cache.clear()
+                self._bias_cache = {}  # replaced, not cleared, so a concurrent reader keeps a valid dict
             self._bias_cache[key] = bias
         return bias
 
