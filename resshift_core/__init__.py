@@ -10,8 +10,17 @@ The official weights are under the S-Lab License 1.0 (non-commercial use); see `
 This package imports no host application (ComfyUI, WebUI, gradio); the plugins are thin layers over it.
 """
 
-from .errors import (CancelledError, CheckpointError, CorruptCheckpointError, InputImageError, ResShiftError,
-                     UnknownCheckpointError, UnknownScheduleError, UnsafeCheckpointError, WrongModelKindError)
+from .errors import (
+                     CancelledError,
+                     CheckpointError,
+                     CorruptCheckpointError,
+                     InputImageError,
+                     ResShiftError,
+                     UnknownCheckpointError,
+                     UnknownScheduleError,
+                     UnsafeCheckpointError,
+                     WrongModelKindError,
+)
 from .nets import ResShiftUNet, UNetConfig, VQAutoencoder, VQConfig
 from .pipeline import ResShiftPipeline
 from .releases import AUTOENCODERS, DEFAULT_RELEASE, RELEASES, get_release

@@ -17,15 +17,22 @@ import math
 import os
 import pickle
 import re
+import struct
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
-from .errors import (CheckpointError, CorruptCheckpointError, UnknownCheckpointError, UnknownScheduleError,
-                     UnsafeCheckpointError, WrongModelKindError)
+from .errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    UnknownCheckpointError,
+    UnknownScheduleError,
+    UnsafeCheckpointError,
+    WrongModelKindError,
+)
 from .nets.unet import ResShiftUNet, UNetConfig
 from .nets.vqgan import VQAutoencoder, VQConfig
 from .releases import RELEASES, Release, get_release, release_for_file_name
@@ -107,7 +114,7 @@ def _read_torch_file(path: Path) -> Mapping:
                 f"conversion of a trusted file.") from error
         raise CorruptCheckpointError(f"{_describe(path)} is not a readable PyTorch checkpoint (it is damaged, "
                                      f"truncated or another kind of file): download or export it again") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, struct.error) as error:
         raise CorruptCheckpointError(
             f"checkpoint {_describe(path)} is truncated or damaged ({str(error).splitlines()[0] if str(error) else type(error).__name__});"
             f" download it again") from error

@@ -15,6 +15,27 @@ from .releases import AUTOENCODERS, LICENSE_URL, WEIGHTS_LICENSE, Release, get_r
 
 logger = logging.getLogger(__name__)
 
+def fetch_file(file_name: str, url: str, sha256: str | None = None, *, cache_dir: str | os.PathLike | None = None,
+               download: bool = True, progress=True) -> Path:
+    """One official file from the cache folder, downloaded when missing (and ``download`` allows it).
+
+    Raises:
+        OfflineError: missing and not downloadable; the message says from where and to where.
+    """
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    destination = folder / file_name
+    if not download:
+        if destination.is_file():
+            return destination
+        raise OfflineError(f"{file_name} is not in the cache and downloading is off: download it from {url} "
+                           f"and save it as {destination}", url=url, path=destination)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not destination.exists():
+        logger.info("downloading %s (weights licensed under the %s: %s)", file_name, WEIGHTS_LICENSE, LICENSE_URL)
+    return download_file(url, destination, expected_sha256=sha256, progress=progress,
+                         source_page=url.rsplit("/", 1)[0].replace("/download/", "/tag/"))
+
+
 def fetch_release_files(name: str | Release, *, cache_dir: str | os.PathLike | None = None, download: bool = True,
                         progress=True) -> tuple[Path, Path, Release]:
     """Paths of a release's UNet and autoencoder files, downloading what is missing.
@@ -25,21 +46,9 @@ def fetch_release_files(name: str | Release, *, cache_dir: str | os.PathLike | N
         OfflineError: a file is missing and cannot be downloaded; the message says from where and to where.
     """
     release = name if isinstance(name, Release) else get_release(name)
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     autoencoder = AUTOENCODERS[release.autoencoder]
-    paths = []
-    for file_name, url, sha in ((release.file_name, release.url, release.sha256),
-                                (autoencoder.file_name, autoencoder.url, autoencoder.sha256)):
-        destination = folder / file_name
-        if destination.exists() and not download:
-            paths.append(destination)
-            continue
-        if not download:
-            raise OfflineError(f"{file_name} is not in the cache and downloading is off: download it from {url} "
-                               f"and save it as {destination}", url=url, path=destination)
-        if not destination.exists():
-            logger.info("downloading %s (weights licensed under the %s: %s)", file_name, WEIGHTS_LICENSE, LICENSE_URL)
-        paths.append(download_file(url, destination, expected_sha256=sha, progress=progress,
-                                   source_page=url.rsplit("/", 1)[0].replace("/download/", "/tag/")))
-    return paths[0], paths[1], release
+    unet_path = fetch_file(release.file_name, release.url, release.sha256, cache_dir=cache_dir, download=download,
+                           progress=progress)
+    autoencoder_path = fetch_file(autoencoder.file_name, autoencoder.url, autoencoder.sha256, cache_dir=cache_dir,
+                                  download=download, progress=progress)
+    return unet_path, autoencoder_path, release

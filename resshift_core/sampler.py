@@ -9,8 +9,9 @@ same, so recorded official noise replays exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import torch
 
@@ -54,7 +55,7 @@ class NoiseSource:
         self.draws = 0
 
     @classmethod
-    def from_seed(cls, seed: int | None) -> "NoiseSource":
+    def from_seed(cls, seed: int | None) -> NoiseSource:
         generator = torch.Generator()
         if seed is None:
             generator.seed()

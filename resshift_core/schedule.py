@@ -43,7 +43,7 @@ class ScheduleParams:
                 "min_noise_level": self.min_noise_level, "etas_end": self.etas_end}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ScheduleParams":
+    def from_dict(cls, values: dict) -> ScheduleParams:
         return cls(steps=int(values["steps"]), kappa=float(values["kappa"]), power=float(values["power"]),
                    min_noise_level=float(values["min_noise_level"]), etas_end=float(values["etas_end"]))
 
@@ -110,7 +110,7 @@ class Schedule:
 
     @classmethod
     def from_params(cls, steps: int, kappa: float = 2.0, power: float = 0.3, min_noise_level: float = 0.2,
-                    etas_end: float = 0.99) -> "Schedule":
+                    etas_end: float = 0.99) -> Schedule:
         return cls(ScheduleParams(steps, kappa, power, min_noise_level, etas_end))
 
     @property

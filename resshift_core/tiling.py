@@ -11,8 +11,9 @@ Used by the pipeline to run images of any size in memory bounded by the tile siz
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 

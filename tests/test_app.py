@@ -23,8 +23,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resshift_core.app import (LOCAL_CHOICE, AppSettings, AppSetupError, PipelineCache, UpscaleService,
-                               comparison_html, parse_args, supported_tile_options)
+from resshift_core.app import (
+    LOCAL_CHOICE,
+    AppSettings,
+    AppSetupError,
+    PipelineCache,
+    UpscaleService,
+    comparison_html,
+    parse_args,
+    supported_tile_options,
+)
 from resshift_core.errors import CancelledError, InputImageError, ResShiftError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,15 +5,31 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from resshift_core.checkpoints import (detect_kind, expected_payload_bytes, load_autoencoder, load_unet,
-                                       read_checkpoint, resolve_schedule, save_autoencoder, save_unet, size_matches)
-from resshift_core.errors import (CheckpointError, CorruptCheckpointError, UnknownCheckpointError,
-                                  UnknownScheduleError, UnsafeCheckpointError, WrongModelKindError)
+from resshift_core.checkpoints import (
+    detect_kind,
+    expected_payload_bytes,
+    load_autoencoder,
+    load_unet,
+    read_checkpoint,
+    resolve_schedule,
+    save_autoencoder,
+    save_unet,
+    size_matches,
+)
+from resshift_core.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    UnknownCheckpointError,
+    UnknownScheduleError,
+    UnsafeCheckpointError,
+    WrongModelKindError,
+)
 from resshift_core.nets import ResShiftUNet, UNetConfig
 from resshift_core.releases import RELEASES, get_release, release_for_file_name
 
@@ -81,7 +97,7 @@ def test_truncated_files_name_the_file(tmp_path, unet_state):
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(CorruptCheckpointError, match="cut.pth"):
         load_unet(tmp_path / "cut.pth")
-    safetensors_bytes = open(f"{FIXTURE}/unet.safetensors", "rb").read()
+    safetensors_bytes = Path(f"{FIXTURE}/unet.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(safetensors_bytes[:5000])
     with pytest.raises(CorruptCheckpointError, match="cut.safetensors"):
         load_unet(tmp_path / "cut.safetensors")

@@ -42,7 +42,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     # HTTP/1.1 framing relies on Content-Length, which is how the client can tell a cut answer from a complete one.
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
+    def do_GET(self) -> None:
         state: FakeServer = self.server.state  # type: ignore[attr-defined]
         n = state.record(self.path, {k.lower(): v for k, v in self.headers.items()})
         route = state.routes.get(self.path)
@@ -472,9 +472,8 @@ def test_lock_held_too_long_raises_download_error(server, tmp_path):
     dest = tmp_path / "w.pth"
     lock_path = tmp_path / "w.pth.lock"
 
-    with download._FileLock(lock_path, timeout=1.0):
-        with pytest.raises(DownloadError, match="lock file") as excinfo:
-            download_file(server.url("/w.pth"), dest, lock_timeout=0.2, progress=False)
+    with download._FileLock(lock_path, timeout=1.0), pytest.raises(DownloadError, match="lock file") as excinfo:
+        download_file(server.url("/w.pth"), dest, lock_timeout=0.2, progress=False)
 
     assert str(lock_path) in str(excinfo.value)
     assert server.requests == []

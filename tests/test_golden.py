@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
 import torch
-
 from golden_sets import MEASURED, GoldenSet, assert_close, assert_indices_match, discover_sets
+
 from resshift_core.checkpoints import infer_unet_config, infer_vq_config, load_autoencoder, load_unet
 from resshift_core.nets import ResShiftUNet, UNetConfig, VQAutoencoder, VQConfig
 from resshift_core.pipeline import ResShiftPipeline, chop_starts, pad_bottom_right
@@ -33,7 +33,7 @@ def schedule_params(entry: dict) -> ScheduleParams:
                           float(params["min_noise_level"]), float(params["etas_end"]))
 
 
-@lru_cache(maxsize=None)
+@cache
 def pipeline_for(golden: GoldenSet) -> ResShiftPipeline:
     unet = load_unet(golden.path / "unet.safetensors").model
     autoencoder = load_autoencoder(golden.path / "vae.safetensors")

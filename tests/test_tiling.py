@@ -58,7 +58,7 @@ def test_tiled_blending_reproduces_a_local_operator_exactly():
     assert len(plan_tiles(70, 90, 32, 16)) > 4
     torch.testing.assert_close(tiled, full, atol=1e-5, rtol=1e-5)
     # a stride-2 "encoder" is tiled on the coarse side
-    encoder = lambda x: F.avg_pool2d(local(x), 2)  # noqa: E731
+    encoder = lambda x: F.avg_pool2d(local(x), 2)
     torch.testing.assert_close(tiled_apply(encoder, image[..., :64, :88], 3, 0.5, max_tile=16, overlap=8),
                                encoder(image[..., :64, :88]), atol=1e-5, rtol=1e-5)
 
@@ -80,19 +80,27 @@ def test_one_tile_is_exactly_the_untiled_computation(pipe, photo):
     assert torch.equal(untiled, auto_small)
 
 
+class RecordingNoise(NoiseSource):
+    """A seeded noise source that remembers the shape of every draw."""
+
+    def __init__(self, seed: int):
+        super().__init__(torch.Generator().manual_seed(seed))
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(like.shape))
+        return super().__call__(like)
+
+
 def test_noise_is_one_field_for_the_whole_image_whatever_the_tiling(pipe, photo):
-    shapes = []
+    draws = []
     for tile_size in (32, 48, 512):
-        source = NoiseSource.from_seed(1)
-        drawn = []
-        original = source.__call__
-        source.__class__ = type("Recording", (NoiseSource,), {
-            "__call__": lambda self, like: drawn.append(tuple(like.shape)) or original(like)})
-        pipe.sample_padded(photo * 2 - 1, source, tiles=TileSettings(mode="latent", tile_size=tile_size,
-                                                                      overlap=16, vae_tile_size=tile_size))
-        shapes.append(drawn)
-    assert shapes[0] == shapes[1] == shapes[2]
-    assert len(shapes[0]) == pipe.schedule.num_steps + 1 and shapes[0][0] == (1, 3, 96, 96)
+        noise = RecordingNoise(1)
+        pipe.sample_padded(photo * 2 - 1, noise, tiles=TileSettings(mode="latent", tile_size=tile_size, overlap=16,
+                                                                     vae_tile_size=tile_size))
+        draws.append(noise.shapes)
+    assert draws[0] == draws[1] == draws[2]
+    assert len(draws[0]) == pipe.schedule.num_steps + 1 and draws[0][0] == (1, 3, 96, 96)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -9,7 +9,7 @@ block ResBlock-Swin-ResBlock, and a mirrored decoder that concatenates [h, skip]
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -77,7 +77,7 @@ class UNetConfig:
         return values
 
     @classmethod
-    def from_official(cls, params: dict) -> "UNetConfig":
+    def from_official(cls, params: dict) -> UNetConfig:
         """From the ``model.params`` block of an official YAML config (``UNetModelSwin`` arguments)."""
         num_levels = len(params["channel_mult"])
         blocks = params["num_res_blocks"]
@@ -94,7 +94,7 @@ class UNetConfig:
                    use_scale_shift_norm=params.get("use_scale_shift_norm", False))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "UNetConfig":
+    def from_dict(cls, values: dict) -> UNetConfig:
         values = dict(values)
         for key in ("channel_mult", "num_res_blocks", "attention_resolutions"):
             if key in values:

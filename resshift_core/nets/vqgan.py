@@ -43,7 +43,7 @@ class VQConfig:
         return values
 
     @classmethod
-    def from_official(cls, params: dict) -> "VQConfig":
+    def from_official(cls, params: dict) -> VQConfig:
         """From the ``autoencoder.params`` block of an official YAML config (``VQModelTorch`` arguments)."""
         dd = params["ddconfig"]
         blocks = dd["num_res_blocks"]
@@ -53,7 +53,7 @@ class VQConfig:
                    out_ch=dd.get("out_ch", 3))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "VQConfig":
+    def from_dict(cls, values: dict) -> VQConfig:
         values = dict(values)
         if isinstance(values.get("num_res_blocks"), int):
             values["num_res_blocks"] = [values["num_res_blocks"]] * len(values["ch_mult"])

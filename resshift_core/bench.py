@@ -1,0 +1,758 @@
+"""Speed benchmark of the pipeline (not a test): ``python -m resshift_core.bench``.
+
+Builds full-size networks of a release with seeded random weights (or loads given files) and times complete
+``upscale`` runs on an input made from a real photo (scikit-image's astronaut; a smooth synthetic image if
+scikit-image is missing). Per case and dtype it prints, as a table and as JSON:
+
+* device and dtype, input and output size;
+* seconds per image: the median of ``--repeat`` runs after ``--warmup`` un-timed runs (and the first run's time,
+  which includes one-off costs such as compilation), with the split between UNet, VAE encoder and VAE decoder;
+* output megapixels per second;
+* peak memory: on CPU the peak resident set size (VmHWM, reset with /proc/self/clear_refs after the networks are
+  built) and its growth over the resident size before the first run; on CUDA ``max_memory_allocated``;
+* FLOPs of one run (``torch.utils.flop_counter.FlopCounterMode``; counted with the networks on the ``meta`` device,
+  which runs no arithmetic, or on the warm-up run when that is not possible), achieved GFLOP/s, and the fraction of
+  the device's peak measured in the same sitting with large square matmuls in the same dtype;
+* for reduced precision, the PSNR of the output against the fp32 output of the same case and seed (when fp32 is in
+  the run).
+
+Each (case, dtype) runs in a fresh subprocess, so that peaks of one case do not leak into the next (the allocator
+keeps freed memory). Reduced-precision cases whose predicted time per run exceeds ``--max-run-seconds`` are skipped
+with the prediction (CPUs without bf16/fp16 instructions run those dtypes ~100x slower than fp32).
+
+Examples::
+
+    python -m resshift_core.bench                                   # v3-64 and v1-64, fp32 and bf16
+    python -m resshift_core.bench --cases v3-256,v3-256-tiled --dtype fp32 --repeat 1
+    python -m resshift_core.bench --device cuda --dtype fp32,bf16,fp16 --cases v3-64,v3-1024-tiled --json out.json
+    python -m resshift_core.bench --unet my.safetensors --autoencoder vq.pth --cases 64,512-tiled
+    python -m resshift_core.bench --list
+
+Cases are ``[TAG-]SIZE[-tiled|-chopN]``: TAG ``v1``/``v2``/``v3`` is realsr-v1/v2/v3, another tag a release name,
+no tag ``--release``; SIZE the square input side in pixels; ``-tiled`` latent tiling (``--tiling-mode``, tile sizes
+from ``--tile-size`` etc. or the library's device defaults), ``-chopN`` the official patch-wise processing with
+patches of N pixels (stride ``--chop-stride``, default the official script's: 448, 224, 48 for N = 512, 256, 64);
+no suffix: untiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PRESETS: dict[str, str] = {
+    "v3-64": "realsr-v3, 64 -> 256, untiled",
+    "v1-64": "realsr-v1 (15 steps), 64 -> 256, untiled",
+    "v3-256": "realsr-v3, 256 -> 1024, untiled (VAE attention over a 256x256 latent)",
+    "v3-256-tiled": "realsr-v3, 256 -> 1024, latent tiling",
+    "v3-512-tiled": "realsr-v3, 512 -> 2048, latent tiling",
+    "v3-512-chop64": "realsr-v3, 512 -> 2048, official patch-wise processing, 64 px patches, stride 48",
+    "v3-1024-tiled": "realsr-v3, 1024 -> 4096, latent tiling",
+}
+DEFAULT_CASES = ("v3-64", "v1-64")
+DEFAULT_DTYPES = ("fp32", "bf16")
+_CASE_RE = re.compile(r"^(?:(?P<tag>[a-z][a-z0-9-]*?)-)?(?P<size>\d+)(?:-(?P<mode>tiled|chop(?P<chop>\d+)))?$")
+OFFICIAL_CHOP_STRIDES = {512: 448, 256: 224, 64: 48}  # inference_resshift.py defaults for x4
+_TAGS = {"v1": "realsr-v1", "v2": "realsr-v2", "v3": "realsr-v3"}
+_MIB = 1024 * 1024
+
+
+# ------------------------------------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class Case:
+    name: str
+    release: str
+    size: int
+    mode: str  # "off", "tiled" or "chop"
+    chop: int | None = None
+
+
+def parse_case(name: str, default_release: str) -> Case:
+    from .releases import get_release
+
+    match = _CASE_RE.match(name.strip().lower())
+    if not match:
+        raise SystemExit(f"bad case name {name!r}: expected [TAG-]SIZE[-tiled|-chopN], e.g. v3-64, 512-tiled "
+                         f"(see --list)")
+    tag = match["tag"]
+    release = _TAGS.get(tag, tag) if tag else default_release
+    try:
+        release = get_release(release).name
+    except Exception as error:
+        raise SystemExit(f"case {name!r}: {error}") from None
+    mode = match["mode"] or "off"
+    chop = int(match["chop"]) if match["chop"] else None
+    return Case(name.strip().lower(), release, int(match["size"]), "chop" if chop else mode, chop)
+
+
+# ------------------------------------------------------------------------------------------------------- inputs
+def input_image(size: int) -> torch.Tensor:
+    """(1, 3, size, size) float32 in [0, 1] from a real photo (scikit-image's astronaut), resized with PIL."""
+    from PIL import Image
+
+    try:
+        from skimage import data  # imported lazily: an optional dependency
+
+        array = data.astronaut()
+        source = "astronaut"
+    except Exception:  # scikit-image missing (or its data): a smooth synthetic image with some structure
+        yy, xx = np.mgrid[0:512, 0:512].astype(np.float32) / 512
+        array = np.stack([0.5 + 0.4 * np.sin(6 * xx + 2 * yy), 0.5 + 0.4 * np.cos(5 * yy - 3 * xx),
+                          0.5 + 0.3 * np.sin(9 * xx * yy + 1)], axis=-1)
+        array = (array * 255).round().astype(np.uint8)
+        source = "synthetic"
+    image = Image.fromarray(array)
+    if image.size != (size, size):
+        resample = Image.LANCZOS if size < image.size[0] else Image.BICUBIC
+        image = image.resize((size, size), resample)
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+    input_image.source = source  # type: ignore[attr-defined]
+    return tensor.contiguous()
+
+
+# ------------------------------------------------------------------------------------------------------ weights
+def _perturb_zeros(module: torch.nn.Module, generator: torch.Generator) -> int:
+    """Give small random values to all-zero float parameters (zero-initialised output layers, norm biases), so
+    that no branch of the network is trivially zero. Returns how many tensors were changed."""
+    changed = 0
+    with torch.no_grad():
+        for _, parameter in sorted(module.named_parameters()):
+            if parameter.is_floating_point() and not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+                changed += 1
+    return changed
+
+
+def random_networks(release_name: str, seed: int):
+    """Full-size UNet and autoencoder of a release with seeded random weights, built on the CPU in float32.
+
+    The codebook is drawn around the statistics of the encoder's latents of a real image, so that decoding
+    quantises to a spread of codes like a trained model does.
+    """
+    from .nets.unet import ResShiftUNet
+    from .nets.vqgan import VQAutoencoder
+    from .releases import AUTOENCODERS, get_release
+
+    release = get_release(release_name)
+    torch.manual_seed(seed)
+    unet = ResShiftUNet(release.unet)
+    autoencoder = VQAutoencoder(AUTOENCODERS[release.autoencoder].config)
+    generator = torch.Generator().manual_seed(seed + 1)
+    _perturb_zeros(unet, generator)
+    _perturb_zeros(autoencoder, generator)
+    with torch.inference_mode():
+        latent = autoencoder.encode(input_image(64) * 2 - 1)
+        mean = latent.mean(dim=(0, 2, 3))
+        std = latent.std(dim=(0, 2, 3)).clamp_min(1e-3)
+        codebook = autoencoder.quantize.embedding.weight
+        codebook.copy_(mean + std * torch.randn(codebook.shape, generator=generator))
+    return unet.eval(), autoencoder.eval()
+
+
+def save_random_weights(releases: list[str], seed: int, folder: Path) -> dict[str, tuple[str, str]]:
+    """Write the random networks of each release with the project's save functions; returns {release: (unet,
+    autoencoder) paths}. Releases with the same architecture share weights (same seed), each file carrying its
+    release in the metadata."""
+    from .checkpoints import save_autoencoder, save_unet
+    from .releases import get_release
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, tuple[str, str]] = {}
+    built: dict = {}
+    for name in releases:
+        release = get_release(name)
+        key = (release.unet, release.autoencoder)
+        if key not in built:
+            built[key] = random_networks(name, seed)
+        unet, autoencoder = built[key]
+        unet_path = folder / f"bench_unet_{name}.safetensors"
+        autoencoder_path = folder / f"bench_autoencoder_{release.autoencoder}.safetensors"
+        save_unet(unet, unet_path, release=name)
+        if not autoencoder_path.exists():
+            save_autoencoder(autoencoder, autoencoder_path, name=release.autoencoder)
+        paths[name] = (str(unet_path), str(autoencoder_path))
+    built.clear()
+    gc.collect()
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------------ device
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+
+
+def measure_peak(device: torch.device, dtype: torch.dtype, max_size: int = 4096, target_s: float = 1.0) -> dict:
+    """The device's practical peak in ``dtype``: square matmuls (up to max_size), sized so one takes a fair time
+    (small when the dtype is slow, e.g. bf16 on a CPU without bf16 instructions), best of several repeats."""
+    size = 512
+    while True:
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        a @ b
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if size >= max_size or elapsed * 8 > target_s:
+            break
+        size *= 2
+    repeats = max(3, min(50, int(target_s / max(elapsed, 1e-6))))
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return {"matmul_size": size, "repeats": repeats, "gflops": 2 * size ** 3 / best / 1e9}
+
+
+# ------------------------------------------------------------------------------------------------------- memory
+def _status_kib(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_cpu_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_peak_mib() -> float:
+    hwm = _status_kib("VmHWM")
+    if hwm is not None:
+        return hwm / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; process-lifetime peak
+
+
+# ------------------------------------------------------------------------------------------------------- FLOPs
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_val=None, **kwargs) -> int:
+    """Q K^T and P V of scaled_dot_product_attention (the CPU kernel has no formula in FlopCounterMode)."""
+    *batch, queries, depth = query_shape
+    keys, value_depth = key_shape[-2], value_shape[-1]
+    return 2 * math.prod(batch) * queries * keys * (depth + value_depth)
+
+
+def flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            mapping[op] = _sdpa_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+_COMPONENTS = {"ResShiftUNet": "unet", "Encoder": "vae_encoder", "Decoder": "vae_decoder"}
+
+
+def _flop_summary(counter) -> dict:
+    counts = counter.get_flop_counts()
+    total = counter.get_total_flops()
+    split = {name: 0 for name in _COMPONENTS.values()}
+    for module, ops in counts.items():
+        if module in _COMPONENTS:
+            split[_COMPONENTS[module]] += sum(ops.values())
+    split["other"] = total - sum(split.values())
+    by_op = {str(op): int(value) for op, value in counts.get("Global", {}).items()}
+    return {"total": int(total), "split": split, "by_op": by_op}
+
+
+# ----------------------------------------------------------------------------------------------------- one case
+def upscale_kwargs(pipe, case: Case, options: argparse.Namespace) -> tuple[dict, str | None]:
+    """Keyword arguments of ``upscale`` for a case, or (None-reason) when the pipeline lacks the feature."""
+    params = inspect.signature(pipe.upscale).parameters
+    kwargs: dict = {}
+    has_tiling = "tiling" in params
+    if case.mode == "chop":
+        kwargs["chop_size"] = case.chop
+        default_stride = OFFICIAL_CHOP_STRIDES.get(case.chop, case.chop - case.chop // 8)
+        kwargs["chop_stride"] = options.chop_stride or default_stride
+        if has_tiling:
+            kwargs["tiling"] = "off"
+    elif case.mode == "off":
+        if has_tiling:
+            kwargs["tiling"] = "off"
+    else:
+        if not has_tiling:
+            return {}, "not available: this pipeline has no latent tiling (upscale(tiling=...))"
+        kwargs["tiling"] = options.tiling_mode
+        for option, param in (("tile_size", "tile_size"), ("tile_overlap", "tile_overlap"),
+                              ("vae_tile_size", "vae_tile_size"), ("tile_batch_size", "tile_batch_size")):
+            value = getattr(options, option)
+            if value is not None:
+                if param not in params:
+                    return {}, f"not available: upscale() has no {param} argument"
+                kwargs[param] = value
+    return kwargs, None
+
+
+def build_pipeline(case: Case, paths: tuple[str, str], device, dtype, meta: bool = False):
+    """The pipeline of a case from weight files; ``meta``: the same networks on the meta device (no data)."""
+    from .checkpoints import load_autoencoder, load_unet
+    from .nets.unet import ResShiftUNet
+    from .nets.vqgan import VQAutoencoder
+    from .pipeline import ResShiftPipeline
+    from .releases import get_release
+
+    release = get_release(case.release)
+    if meta:
+        unet_config, vq_config = paths  # configs, not paths
+        with torch.device("meta"):
+            unet, autoencoder = ResShiftUNet(unet_config), VQAutoencoder(vq_config)
+        return ResShiftPipeline(unet, autoencoder, release.schedule, release.scale, one_step=release.one_step,
+                                release=release, device="meta", dtype=torch.float32)
+    loaded = load_unet(paths[0], release)
+    autoencoder = load_autoencoder(paths[1])
+    return ResShiftPipeline(loaded.model, autoencoder, loaded.schedule or release.schedule, release.scale,
+                            one_step=loaded.one_step, release=release, device=device, dtype=dtype)
+
+
+def chop_patch_count(size: int, chop: int, stride: int) -> int:
+    """Patches of the official patch-wise processing of a size x size image."""
+    from .pipeline import chop_starts
+
+    return len(chop_starts(size, chop, stride)) ** 2
+
+
+def count_flops_meta(case: Case, configs, options) -> dict | None:
+    """FLOPs of one run with the networks on the meta device (shapes only: no arithmetic, no memory).
+
+    A chopped case is a set of independent runs of one patch size: one patch is counted and multiplied.
+    """
+    if case.mode == "chop" and case.size > case.chop:
+        stride = options.chop_stride or OFFICIAL_CHOP_STRIDES.get(case.chop, case.chop - case.chop // 8)
+        patches = chop_patch_count(case.size, case.chop, stride)
+        one = count_flops_meta(Case(case.name, case.release, case.chop, "off"), configs, options)
+        if one is None:
+            return None
+        return {"total": one["total"] * patches, "split": {k: v * patches for k, v in one["split"].items()},
+                "by_op": {k: v * patches for k, v in one["by_op"].items()},
+                "method": f"counted on the meta device for one {case.chop} px patch, x {patches} patches"}
+    pipe = build_pipeline(case, configs, "meta", torch.float32, meta=True)
+    kwargs, missing = upscale_kwargs(pipe, case, options)
+    if missing:
+        return None
+    with flop_counter() as counter:
+        pipe.upscale(input_image(case.size), seed=options.seed, **kwargs)
+    return _flop_summary(counter)
+
+
+class ComponentTimer:
+    """Wall time spent in the UNet, the VAE encoder and decoder (forward hooks; exclusive of nested components)."""
+
+    def __init__(self, pipe, device: torch.device):
+        self.device = device
+        self.totals = {"unet": 0.0, "vae_encoder": 0.0, "vae_decoder": 0.0}
+        self.calls = {name: 0 for name in self.totals}
+        self.stack: list[tuple[str, float]] = []
+        self.handles = []
+        modules = {"unet": [pipe.unet], "vae_encoder": [pipe.autoencoder.encoder],
+                   "vae_decoder": [pipe.autoencoder.decoder]}
+        for name, items in modules.items():
+            for module in items:
+                self.handles.append(module.register_forward_pre_hook(self._enter(name)))
+                self.handles.append(module.register_forward_hook(self._leave(name)))
+
+    def _enter(self, name):
+        def hook(module, args):
+            _sync(self.device)
+            self.stack.append((name, time.perf_counter()))
+        return hook
+
+    def _leave(self, name):
+        def hook(module, args, output):
+            _sync(self.device)
+            entered_name, start = self.stack.pop()
+            elapsed = time.perf_counter() - start
+            self.totals[entered_name] += elapsed
+            self.calls[entered_name] += 1
+            if self.stack:  # nested: do not count it twice
+                self.totals[self.stack[-1][0]] -= elapsed
+        return hook
+
+    def reset(self) -> None:
+        for name in self.totals:
+            self.totals[name] = 0.0
+            self.calls[name] = 0
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tuple[str, str],
+             output_path: str | None, flops: dict | None) -> dict:
+    """Time one case in this process. Returns its result record."""
+    from .pipeline import parse_dtype
+
+    device = torch.device(options.device)
+    dtype = parse_dtype(dtype_name)
+    record: dict = {"case": case.name, "release": case.release, "mode": case.mode, "dtype": dtype_name,
+                    "device": str(device)}
+    pipe = build_pipeline(case, paths, device, dtype)
+    kwargs, missing = upscale_kwargs(pipe, case, options)
+    if missing:
+        record["status"] = missing
+        return record
+    if options.compile:
+        if not hasattr(pipe, "compile"):
+            record["status"] = "not available: this pipeline has no compile()"
+            return record
+        pipe.compile()
+        record["compiled"] = True
+    image = input_image(case.size).to(device)
+    record.update(input=[case.size, case.size], input_source=getattr(input_image, "source", "?"), upscale_kwargs=kwargs)
+
+    def one_run():
+        _sync(device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = pipe.upscale(image, seed=options.seed, **kwargs)
+        _sync(device)
+        return out, time.perf_counter() - wall, time.process_time() - cpu
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base_memory = torch.cuda.memory_allocated(device) / _MIB
+    else:
+        record["peak_reset"] = _reset_cpu_peak()
+        base_memory = (_status_kib("VmRSS") or 0) / 1024
+    timer = None if options.compile else ComponentTimer(pipe, device)
+    first_s = None
+    for number in range(options.warmup):
+        if flops is None and number == 0:
+            with flop_counter() as counter:
+                out, first_s, _ = one_run()
+            flops = _flop_summary(counter)
+            flops["method"] = "counted on the warm-up run"
+        else:
+            out, elapsed, _ = one_run()
+            first_s = first_s if first_s is not None else elapsed
+    if timer:
+        timer.reset()
+    walls, cpus = [], []
+    for _ in range(options.repeat):
+        out, wall, cpu = one_run()
+        walls.append(wall)
+        cpus.append(cpu)
+    if flops is None:  # no warm-up run to count on (--warmup 0) and no meta count
+        with flop_counter() as counter:
+            pipe.upscale(image, seed=options.seed, **kwargs)
+        flops = _flop_summary(counter)
+        flops["method"] = "counted on an extra run"
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / _MIB
+        record.update(peak_memory_mib=peak, memory_growth_mib=peak - base_memory,
+                      peak_reserved_mib=torch.cuda.max_memory_reserved(device) / _MIB, memory_kind="cuda allocated")
+    else:
+        peak = _cpu_peak_mib()
+        record.update(peak_memory_mib=peak, memory_growth_mib=peak - base_memory,
+                      memory_kind="RSS peak (VmHWM)" if record["peak_reset"] else "ru_maxrss (process lifetime)")
+    seconds = statistics.median(walls)
+    out_h, out_w = out.shape[-2:]
+    record.update(status="ok", output=[int(out_h), int(out_w)], seconds=seconds, seconds_min=min(walls),
+                  seconds_all=walls, first_run_seconds=first_s, warmup=options.warmup, repeat=options.repeat,
+                  megapixels_per_second=out_h * out_w / 1e6 / seconds,
+                  cpu_utilisation=(statistics.median(cpus) / seconds / torch.get_num_threads()
+                                   if device.type == "cpu" else None),
+                  flops=flops["total"], flops_split=flops["split"], flops_by_op=flops.get("by_op"),
+                  flops_method=flops.get("method", "?"), gflops_per_second=flops["total"] / seconds / 1e9,
+                  load_average=os.getloadavg() if hasattr(os, "getloadavg") else None)
+    if timer:
+        record["seconds_split"] = {k: v / options.repeat for k, v in timer.totals.items()}
+        record["seconds_split"]["other"] = seconds - sum(record["seconds_split"].values())
+        record["network_calls"] = {k: v // options.repeat for k, v in timer.calls.items()}
+        timer.remove()
+    if output_path:
+        np.save(output_path, out.float().cpu().numpy())
+    return record
+
+
+# ------------------------------------------------------------------------------------------------------- report
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def _fmt(value, spec: str, missing: str = "-") -> str:
+    if value is None:
+        return missing
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return format(value, spec)
+
+
+def format_table(records: list[dict], peaks: dict) -> str:
+    header = ["case", "dtype", "in -> out", "s/img", "min s", "1st run s", "MP/s", "peak MiB", "+MiB", "GFLOP",
+              "GFLOP/s", "% peak", "PSNR/fp32", "unet/enc/dec s", "cpu use"]
+    rows = [header]
+    notes = []
+    for r in records:
+        if r.get("status") != "ok":
+            rows.append([r["case"], r["dtype"], "", "", "", "", "", "", "", "", "", "", "", "", ""])
+            notes.append(f"{r['case']} {r['dtype']}: {r.get('status')}")
+            continue
+        peak = peaks.get(r["dtype"], {}).get("gflops")
+        split = r.get("seconds_split")
+        rows.append([
+            r["case"], r["dtype"], f"{r['input'][0]}x{r['input'][1]} -> {r['output'][0]}x{r['output'][1]}",
+            _fmt(r["seconds"], ".2f"), _fmt(r["seconds_min"], ".2f"), _fmt(r.get("first_run_seconds"), ".2f"),
+            _fmt(r["megapixels_per_second"], ".4f"), _fmt(r["peak_memory_mib"], ".0f"),
+            _fmt(r["memory_growth_mib"], ".0f"), _fmt(r["flops"] / 1e9, ".0f"), _fmt(r["gflops_per_second"], ".1f"),
+            _fmt(100 * r["gflops_per_second"] / peak if peak else None, ".0f"),
+            _fmt(r.get("psnr_vs_fp32"), ".1f"),
+            "/".join(f"{split[k]:.1f}" for k in ("unet", "vae_encoder", "vae_decoder")) if split else "-",
+            _fmt(r.get("cpu_utilisation"), ".0%"),
+        ])
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(cell).rjust(widths[i]) if i > 2 else str(cell).ljust(widths[i])
+                       for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    methods = sorted({r.get("flops_method") for r in records if r.get("status") == "ok"})
+    if methods:
+        notes.append("FLOPs: " + "; ".join(methods))
+    return "\n".join(lines + [""] + notes)
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m resshift_core.bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES),
+                        help=f"comma-separated cases (default {','.join(DEFAULT_CASES)}; see --list)")
+    parser.add_argument("--list", action="store_true", help="list the named cases and exit")
+    parser.add_argument("--dtype", default=",".join(DEFAULT_DTYPES), help="comma-separated: fp32, bf16, fp16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
+    parser.add_argument("--release", default="realsr-v3", help="release of cases without a tag (default realsr-v3)")
+    parser.add_argument("--unet", help="UNet weights file instead of random weights (the case still picks the "
+                                       "release, i.e. the schedule)")
+    parser.add_argument("--autoencoder", help="autoencoder weights file instead of random weights")
+    parser.add_argument("--seed", type=int, default=12345, help="weights and noise seed")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per case (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="un-timed runs before timing")
+    parser.add_argument("--tiling-mode", default="auto", choices=["auto", "latent"], help="mode of -tiled cases")
+    parser.add_argument("--tile-size", type=int, help="UNet tile (latent px) of -tiled cases")
+    parser.add_argument("--tile-overlap", type=int)
+    parser.add_argument("--vae-tile-size", type=int)
+    parser.add_argument("--tile-batch-size", type=int)
+    parser.add_argument("--chop-stride", type=int, help="stride of -chopN cases (default: the official one for "
+                                                        "N = 512, 256, 64 (448, 224, 48), else N - N/8)")
+    parser.add_argument("--compile", action="store_true", help="call pipe.compile() first (torch.compile)")
+    parser.add_argument("--max-run-seconds", type=float, default=600.0,
+                        help="skip reduced-precision cases predicted to take longer per run (0: never skip)")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--save-weights", help="keep the random weight files in this folder")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every case in this process (peak memory then depends on earlier cases)")
+    # internal: one case in a fresh subprocess
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--paths", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--output-npy", help=argparse.SUPPRESS)
+    parser.add_argument("--flops-json", help=argparse.SUPPRESS)
+    return parser
+
+
+def _child_argv(options, case: Case, dtype: str, paths, result: str, output: str | None, flops: dict | None,
+                work: Path) -> list[str]:
+    argv = [sys.executable, "-m", "resshift_core.bench", "--case", case.name, "--dtype", dtype, "--device",
+            options.device, "--release", case.release, "--seed", str(options.seed), "--repeat", str(options.repeat),
+            "--warmup", str(options.warmup), "--tiling-mode", options.tiling_mode, "--paths", json.dumps(paths),
+            "--result", result]
+    for option in ("threads", "tile_size", "tile_overlap", "vae_tile_size", "tile_batch_size", "chop_stride"):
+        value = getattr(options, option)
+        if value is not None:
+            argv += ["--" + option.replace("_", "-"), str(value)]
+    if options.compile:
+        argv.append("--compile")
+    if output:
+        argv += ["--output-npy", output]
+    if flops is not None:
+        flops_path = work / f"flops_{case.name}.json"
+        flops_path.write_text(json.dumps(flops))
+        argv += ["--flops-json", str(flops_path)]
+    return argv
+
+
+def _child_main(options) -> int:
+    case = parse_case(options.case, options.release)
+    flops = json.loads(Path(options.flops_json).read_text()) if options.flops_json else None
+    try:
+        record = run_case(case, options.dtype, options, tuple(json.loads(options.paths)), options.output_npy, flops)
+    except Exception as error:  # reported in the table, the other cases go on
+        record = {"case": case.name, "release": case.release, "dtype": options.dtype,
+                  "status": f"failed: {type(error).__name__}: {error}"}
+    Path(options.result).write_text(json.dumps(record))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    if options.case:
+        return _child_main(options)
+    if options.list:
+        for name, text in PRESETS.items():
+            print(f"{name:16s} {text}{'  (default)' if name in DEFAULT_CASES else ''}")
+        print("\nAny [TAG-]SIZE[-tiled|-chopN] works too, e.g. 128, v1-256-tiled, bicsr-64.")
+        return 0
+
+    from .checkpoints import load_autoencoder, load_unet
+    from .pipeline import parse_dtype
+    from .releases import AUTOENCODERS, get_release
+
+    cases = [parse_case(name, options.release) for name in options.cases.split(",") if name.strip()]
+    dtypes = [d.strip().lower() for d in options.dtype.split(",") if d.strip()]
+    dtypes = sorted(dict.fromkeys(dtypes), key=lambda d: parse_dtype(d) != torch.float32)  # fp32 first
+    device = torch.device(options.device)
+    work = Path(tempfile.mkdtemp(prefix="resshift_bench_"))
+
+    # Weights: random (saved with the project's functions, loaded by each case like a user file) or given files.
+    releases = sorted({case.release for case in cases})
+    if options.unet or options.autoencoder:
+        if not (options.unet and options.autoencoder):
+            raise SystemExit("--unet and --autoencoder go together")
+        paths = {name: (options.unet, options.autoencoder) for name in releases}
+        unet_config = load_unet(options.unet, releases[0]).model.config
+        vq_config = load_autoencoder(options.autoencoder).config
+        configs = {name: (unet_config, vq_config) for name in releases}
+        weights = f"files {options.unet}, {options.autoencoder}"
+    else:
+        folder = Path(options.save_weights) if options.save_weights else work
+        print(f"building random weights (seed {options.seed}) for {', '.join(releases)} ...", flush=True)
+        paths = save_random_weights(releases, options.seed, folder)
+        configs = {name: (get_release(name).unet, AUTOENCODERS[get_release(name).autoencoder].config)
+                   for name in releases}
+        weights = f"random (seed {options.seed})" + (f", saved in {folder}" if options.save_weights else "")
+
+    print(f"device: {device_name(device)}; torch {torch.__version__}", flush=True)
+    peaks = {}
+    for dtype in dtypes:
+        peaks[dtype] = measure_peak(device, parse_dtype(dtype))
+        print(f"peak {dtype}: {peaks[dtype]['gflops']:.1f} GFLOP/s ({peaks[dtype]['matmul_size']}^2 matmul)",
+              flush=True)
+
+    records: list[dict] = []
+    outputs: dict[tuple[str, str], str] = {}
+    for case in cases:
+        flops = None
+        if device.type == "cpu":  # meta counting uses the CPU tile defaults: exact on CPU only
+            try:
+                flops = count_flops_meta(case, configs[case.release], options)
+                if flops is not None:
+                    flops.setdefault("method", "counted on the meta device")
+            except Exception as error:
+                print(f"  (meta FLOP count failed for {case.name}: {error}; counting on the warm-up run)")
+        for dtype in dtypes:
+            fp32 = next((r for r in records if r["case"] == case.name and r.get("status") == "ok"
+                         and parse_dtype(r["dtype"]) == torch.float32), None)
+            limit = options.max_run_seconds
+            if limit and parse_dtype(dtype) != torch.float32:
+                if fp32 is not None:  # the fp32 time scaled by the ratio of the matmul peaks
+                    predicted = fp32["seconds"] * peaks[fp32["dtype"]]["gflops"] / peaks[dtype]["gflops"]
+                elif flops is not None:  # half the matmul peak: typical of these networks in fp32
+                    predicted = flops["total"] / (0.5 * peaks[dtype]["gflops"] * 1e9)
+                else:
+                    predicted = None
+                if predicted is not None and predicted > limit:
+                    records.append({"case": case.name, "release": case.release, "dtype": dtype,
+                                    "status": f"skipped: predicted {predicted:.0f} s per run (> --max-run-seconds "
+                                              f"{limit:.0f}) from the {dtype} matmul peak of "
+                                              f"{peaks[dtype]['gflops']:.1f} GFLOP/s"})
+                    print(f"{case.name} {dtype}: {records[-1]['status']}", flush=True)
+                    continue
+            print(f"running {case.name} {dtype} ...", flush=True)
+            result = work / f"result_{case.name}_{dtype}.json"
+            output = str(work / f"out_{case.name}_{dtype}.npy")
+            if options.in_process:
+                try:
+                    record = run_case(case, dtype, options, paths[case.release], output, flops)
+                except Exception as error:
+                    record = {"case": case.name, "dtype": dtype, "status": f"failed: {type(error).__name__}: {error}"}
+            else:
+                argv = _child_argv(options, case, dtype, paths[case.release], str(result), output, flops, work)
+                env = dict(os.environ)
+                package_root = str(Path(__file__).resolve().parents[1])
+                env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+                completed = subprocess.run(argv, env=env)
+                if result.exists():
+                    record = json.loads(result.read_text())
+                else:
+                    record = {"case": case.name, "dtype": dtype,
+                              "status": f"failed: the case process exited with {completed.returncode}"
+                                        + (" (killed: out of memory?)" if completed.returncode in (-9, 137) else "")}
+            if record.get("status") == "ok":
+                outputs[(case.name, dtype)] = output
+                if fp32 is not None and (case.name, fp32["dtype"]) in outputs:
+                    record["psnr_vs_fp32"] = psnr(np.load(output), np.load(outputs[(case.name, fp32["dtype"])]))
+                print(f"  {record['seconds']:.2f} s/img (runs {', '.join(f'{s:.2f}' for s in record['seconds_all'])})",
+                      flush=True)
+            else:
+                print(f"  {record.get('status')}", flush=True)
+            records.append(record)
+
+    report = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "weights": weights, "peaks": peaks, "cases": records,
+              "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    print()
+    print(f"device: {report['device']}; weights: {weights}; median of {options.repeat} runs after "
+          f"{options.warmup} warm-up")
+    print("peak (matmul): " + ", ".join(f"{d} {p['gflops']:.1f} GFLOP/s" for d, p in peaks.items()))
+    print(format_table(records, peaks))
+    print()
+    print(json.dumps(report, indent=1, default=str))
+    if options.json:
+        Path(options.json).write_text(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
