@@ -535,7 +535,8 @@ def format_table(records: list[dict], peaks: dict) -> str:
     notes = []
     for r in records:
         if r.get("status") != "ok":
-            rows.append([r["case"], r["dtype"], "", "", "", "", "", "", "", "", "", "", "", "", ""])
+            word = str(r.get("status", "failed")).split(":")[0]
+            rows.append([r["case"], r["dtype"], f"({word}, see below)"] + [""] * (len(header) - 3))
             notes.append(f"{r['case']} {r['dtype']}: {r.get('status')}")
             continue
         peak = peaks.get(r["dtype"], {}).get("gflops")

@@ -299,7 +299,8 @@ def infer_vq_config(tensors: Mapping[str, torch.Tensor]) -> VQConfig:
         num_res_blocks.append(len(blocks))
         ch_mult.append(tensors[f"encoder.down.{level}.block.{blocks[-1]}.conv2.weight"].shape[0] // ch)
     embedding = tensors["quantize.embedding.weight"]
-    return VQConfig(embed_dim=embedding.shape[1], n_embed=embedding.shape[0],
+    attn_levels = tuple(level for level in levels if f"encoder.down.{level}.attn.0.q.weight" in tensors)
+    return VQConfig(attn_levels=attn_levels, embed_dim=embedding.shape[1], n_embed=embedding.shape[0],
                     z_channels=tensors["encoder.conv_out.weight"].shape[0], ch=ch, ch_mult=tuple(ch_mult),
                     num_res_blocks=tuple(num_res_blocks), in_channels=tensors["encoder.conv_in.weight"].shape[1],
                     out_ch=tensors["decoder.conv_out.weight"].shape[0])

@@ -31,6 +31,7 @@ class VQConfig:
     num_res_blocks: tuple[int, ...] = (2, 2, 2)
     in_channels: int = 3
     out_ch: int = 3
+    attn_levels: tuple[int, ...] = ()  # levels with self-attention after every ResnetBlock (none when released)
 
     @property
     def downsample_factor(self) -> int:
@@ -40,6 +41,7 @@ class VQConfig:
         values = asdict(self)
         values["ch_mult"] = list(self.ch_mult)
         values["num_res_blocks"] = list(self.num_res_blocks)
+        values["attn_levels"] = list(self.attn_levels)
         return values
 
     @classmethod
@@ -48,16 +50,19 @@ class VQConfig:
         dd = params["ddconfig"]
         blocks = dd["num_res_blocks"]
         blocks = tuple(blocks) if isinstance(blocks, (list, tuple)) else (blocks,) * len(dd["ch_mult"])
+        resolution = dd.get("resolution", 256)
+        attn_levels = tuple(level for level in range(len(dd["ch_mult"]))
+                            if resolution // 2 ** level in dd.get("attn_resolutions", []))
         return cls(embed_dim=params["embed_dim"], n_embed=params["n_embed"], z_channels=dd["z_channels"], ch=dd["ch"],
                    ch_mult=tuple(dd["ch_mult"]), num_res_blocks=blocks, in_channels=dd.get("in_channels", 3),
-                   out_ch=dd.get("out_ch", 3))
+                   out_ch=dd.get("out_ch", 3), attn_levels=attn_levels)
 
     @classmethod
     def from_dict(cls, values: dict) -> VQConfig:
         values = dict(values)
         if isinstance(values.get("num_res_blocks"), int):
             values["num_res_blocks"] = [values["num_res_blocks"]] * len(values["ch_mult"])
-        for key in ("ch_mult", "num_res_blocks"):
+        for key in ("ch_mult", "num_res_blocks", "attn_levels"):
             if key in values:
                 values[key] = tuple(int(v) for v in values[key])
         known = set(cls.__dataclass_fields__)
@@ -158,13 +163,22 @@ class _Mid(nn.Module):
 class _Level(nn.Module):
     """One resolution level: ``block`` (ResnetBlocks) and, except at the end, a resampling layer."""
 
-    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None, resample_name: str):
+    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None, resample_name: str,
+                 attention: bool = False):
         super().__init__()
         self.block = nn.ModuleList(blocks)
-        self.attn = nn.ModuleList()  # attn_resolutions is empty in every released config
+        # attention after every block at levels listed in attn_resolutions (no released model has any)
+        self.attn = nn.ModuleList([AttnBlock(b.conv2.out_channels) for b in blocks] if attention else [])
         self.resample_name = resample_name
         if resample is not None:
             self.add_module(resample_name, resample)
+
+    def blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for index, block in enumerate(self.block):
+            x = block(x)
+            if len(self.attn):
+                x = self.attn[index](x)
+        return x
 
     def resample(self, x: torch.Tensor) -> torch.Tensor:
         layer = getattr(self, self.resample_name, None)
@@ -187,7 +201,8 @@ class Encoder(nn.Module):
                 blocks.append(ResnetBlock(channels, c.ch * mult))
                 channels = c.ch * mult
             last = level == len(c.ch_mult) - 1
-            self.down.append(_Level(blocks, None if last else Downsample(channels), "downsample"))
+            self.down.append(_Level(blocks, None if last else Downsample(channels), "downsample",
+                                    level in c.attn_levels))
         self.mid = _Mid(channels)
         self.norm_out = _norm(channels)
         self.conv_out = nn.Conv2d(channels, c.z_channels, 3, padding=1)
@@ -195,9 +210,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for block in level.block:
-                h = block(h)
-            h = level.resample(h)
+            h = level.resample(level.blocks(h))
         h = self.mid(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -216,7 +229,8 @@ class Decoder(nn.Module):
             for _ in range(c.num_res_blocks[level] + 1):
                 blocks.append(ResnetBlock(channels, c.ch * c.ch_mult[level]))
                 channels = c.ch * c.ch_mult[level]
-            levels.insert(0, _Level(blocks, Upsample(channels) if level != 0 else None, "upsample"))
+            levels.insert(0, _Level(blocks, Upsample(channels) if level != 0 else None, "upsample",
+                                    level in c.attn_levels))
         self.up = nn.ModuleList(levels)  # indexed by level: up[0] is the full-resolution one
         self.norm_out = _norm(channels)
         self.conv_out = nn.Conv2d(channels, c.out_ch, 3, padding=1)
@@ -224,9 +238,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
         for level in reversed(self.up):
-            for block in level.block:
-                h = block(h)
-            h = level.resample(h)
+            h = level.resample(level.blocks(h))
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
