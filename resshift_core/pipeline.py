@@ -120,6 +120,7 @@ class TileSettings:
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
+    """A device allocation failure (CUDA raises OutOfMemoryError; other back-ends a RuntimeError saying so)."""
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(error, oom)) or "out of memory" in str(error).lower()
 
@@ -397,10 +398,11 @@ class ResShiftPipeline:
                 break
             except (RuntimeError, MemoryError) as error:
                 smaller = tiles.halved(self.unet.config.latent_multiple) if _is_out_of_memory(error) else None
-                if smaller is None or self.device.type != "cuda":
+                if smaller is None:
                     raise
                 logger.warning("out of memory with %s; retrying with %s", tiles, smaller)
-                torch.cuda.empty_cache()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
                 tiles = smaller
         result = sr_m11 * 0.5 + 0.5
         if trace is not None:

@@ -142,3 +142,28 @@ def test_tiled_run_reports_progress_per_tile_and_can_be_cancelled(pipe, photo):
 
     with pytest.raises(CancelledError):
         pipe.upscale(photo[..., :64, :64], seed=1, tile_size=32, tile_overlap=16, cancel=cancel)
+
+
+def test_out_of_memory_is_retried_with_smaller_tiles_and_the_same_noise(pipe, photo, monkeypatch):
+    image = photo[..., :64, :64]
+    first_try = TileSettings.for_device(pipe.device, tile_size=64, overlap=16, vae_tile_size=32)
+    smaller = first_try.halved(pipe.unet.config.latent_multiple)
+    with torch.inference_mode():
+        reference = pipe.sample_padded(image * 2 - 1, NoiseSource.from_seed(2), tiles=smaller) * 0.5 + 0.5
+    original = type(pipe)._run_unet
+    tile_sides = []
+
+    def fail_on_large_tiles(self, x_in, t, lq_features):
+        tile_sides.append(x_in.shape[-1])
+        if x_in.shape[-1] > 32:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, x_in, t, lq_features)
+
+    monkeypatch.setattr(type(pipe), "_run_unet", fail_on_large_tiles)
+    retried = pipe.upscale(image, seed=2, tile_size=64, tile_overlap=16, vae_tile_size=32)
+    assert tile_sides[0] == 64 and tile_sides[-1] == 32
+    torch.testing.assert_close(retried, reference)  # the retry replays the same noise from the seed
+    # not an allocation failure: raised as it is
+    monkeypatch.setattr(type(pipe), "_run_unet", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        pipe.upscale(image, seed=2)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm32
+from .layers import GroupNorm32, PointwiseConv2d
 
 MASK_VALUE = -100.0  # the official additive value for token pairs of different regions
 
@@ -101,9 +101,9 @@ class Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.fc1 = PointwiseConv2d(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.fc2 = PointwiseConv2d(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -191,7 +191,7 @@ class ProjectionConv(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, with_norm: bool):
         super().__init__()
-        self.proj = nn.Conv2d(in_channels, out_channels, 1)
+        self.proj = PointwiseConv2d(in_channels, out_channels)
         self.norm = GroupNorm32(32, out_channels) if with_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm32
+from .layers import GroupNorm32, PointwiseConv2d
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class ResnetBlock(nn.Module):
         self.norm2 = _norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         if in_channels != out_channels:
-            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
+            self.nin_shortcut = PointwiseConv2d(in_channels, out_channels)
         else:
             self.nin_shortcut = None
 
@@ -105,10 +105,10 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.norm = _norm(channels)
-        self.q = nn.Conv2d(channels, channels, 1)
-        self.k = nn.Conv2d(channels, channels, 1)
-        self.v = nn.Conv2d(channels, channels, 1)
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.q = PointwiseConv2d(channels, channels)
+        self.k = PointwiseConv2d(channels, channels)
+        self.v = PointwiseConv2d(channels, channels)
+        self.proj_out = PointwiseConv2d(channels, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -276,8 +276,8 @@ class VQAutoencoder(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.quantize = VectorQuantizer(config.n_embed, config.embed_dim)
-        self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
-        self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        self.quant_conv = PointwiseConv2d(config.z_channels, config.embed_dim)
+        self.post_quant_conv = PointwiseConv2d(config.embed_dim, config.z_channels)
 
     @property
     def downsample_factor(self) -> int:
