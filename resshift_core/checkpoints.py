@@ -350,6 +350,17 @@ def _unknown_message(path: Path, tensors: Mapping) -> str:
             f".safetensors file converted from one")
 
 
+def _read_expecting(path: str | os.PathLike, wanted: str) -> RawCheckpoint:
+    """Read a file that should hold ``wanted`` ('unet' or 'autoencoder'); say so clearly when it holds the other."""
+    raw = read_checkpoint(path)
+    kind = detect_kind(raw.tensors)
+    if kind is None:
+        raise UnknownCheckpointError(_unknown_message(raw.path, raw.tensors))
+    if kind != wanted:
+        raise WrongModelKindError(_wrong_kind_message(raw.path, kind, wanted))
+    return raw
+
+
 @dataclass
 class LoadedUNet:
     model: ResShiftUNet
@@ -370,12 +381,7 @@ def load_unet(path: str | os.PathLike, release: str | Release | None = None) -> 
     The schedule is ``None`` when it cannot be known (an unknown file without metadata); the caller must then ask
     for a release name (see :func:`resolve_schedule`).
     """
-    raw = read_checkpoint(path)
-    kind = detect_kind(raw.tensors)
-    if kind == AUTOENCODER_KIND:
-        raise WrongModelKindError(_wrong_kind_message(raw.path, AUTOENCODER_KIND, UNET_KIND))
-    if kind != UNET_KIND:
-        raise UnknownCheckpointError(_unknown_message(raw.path, raw.tensors))
+    raw = _read_expecting(path, UNET_KIND)
     meta_config = _metadata_json(raw.metadata, "unet_config")
     hint = meta_config.get("image_size") if meta_config else None
     try:
@@ -433,12 +439,7 @@ def _check_release_fits(release: Release, config: UNetConfig, path: Path) -> Non
 
 def load_autoencoder(path: str | os.PathLike) -> VQAutoencoder:
     """Load a VQ autoencoder file (raises WrongModelKindError for a UNet file)."""
-    raw = read_checkpoint(path)
-    kind = detect_kind(raw.tensors)
-    if kind == UNET_KIND:
-        raise WrongModelKindError(_wrong_kind_message(raw.path, UNET_KIND, AUTOENCODER_KIND))
-    if kind != AUTOENCODER_KIND:
-        raise UnknownCheckpointError(_unknown_message(raw.path, raw.tensors))
+    raw = _read_expecting(path, AUTOENCODER_KIND)
     try:
         config = infer_vq_config(raw.tensors)
     except (KeyError, IndexError) as error:
