@@ -208,9 +208,10 @@ def test_golden_full_sampling_run_with_replayed_noise(golden):
     if "sr_01_unblended" in io:
         assert_close(f"{golden.name}/sample_io/sr_01_unblended", trace["sr_unblended"], io["sr_01_unblended"],
                      atol=1e-3)
-    ours = uint8_of(result)
-    expected = io["sr_uint8"].to(torch.int16).reshape(ours.shape)
-    assert_close(f"{golden.name}/sample_io/sr_uint8", ours, expected, atol=1)
+    if "sr_uint8" in io:
+        ours = uint8_of(result)
+        expected = io["sr_uint8"].to(torch.int16).reshape(ours.shape)
+        assert_close(f"{golden.name}/sample_io/sr_uint8", ours, expected, atol=1)
 
 
 @by_set
@@ -263,9 +264,10 @@ def test_golden_chopped_run_matches_official_patchwise_averaging(golden):
         assert_close(f"{golden.name}/sample_chop_io/{prefix}sr", sr, io[prefix + "sr"], atol=1e-3)
     result = pipe.upscale(io["lr_01"], noise=noise, chop_size=size, chop_stride=stride)
     assert_close(f"{golden.name}/sample_chop_io/sr_01", result, io["sr_01"], atol=1e-3)
-    ours = uint8_of(result)
-    assert_close(f"{golden.name}/sample_chop_io/sr_uint8", ours, io["sr_uint8"].to(torch.int16).reshape(ours.shape),
-                 atol=1)
+    if "sr_uint8" in io:
+        ours = uint8_of(result)
+        assert_close(f"{golden.name}/sample_chop_io/sr_uint8", ours,
+                     io["sr_uint8"].to(torch.int16).reshape(ours.shape), atol=1)
 
 
 # ------------------------------------------------------------------------------------------------- manifests
