@@ -167,3 +167,17 @@ def test_out_of_memory_is_retried_with_smaller_tiles_and_the_same_noise(pipe, ph
     monkeypatch.setattr(type(pipe), "_run_unet", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         pipe.upscale(image, seed=2)
+
+
+def test_codebook_search_in_chunks_equals_one_pass(pipe):
+    quantizer = pipe.autoencoder.quantize
+    latent = torch.randn(2, quantizer.embedding.weight.shape[1], 37, 29)
+    with torch.inference_mode():
+        whole = quantizer.indices(latent)
+        saved = quantizer.rows_per_chunk
+        try:
+            quantizer.rows_per_chunk = 100  # many chunks, one of them partial
+            chunked = quantizer.indices(latent)
+        finally:
+            quantizer.rows_per_chunk = saved
+    assert torch.equal(whole, chunked)

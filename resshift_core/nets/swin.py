@@ -87,9 +87,12 @@ class WindowAttention(nn.Module):
         batch, num_windows, tokens, channels = windows.shape
         heads = self.num_heads
         qkv = self.qkv(windows).view(batch, num_windows, tokens, 3, heads, channels // heads)
-        qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, batch, num_windows * heads, tokens, channels // heads)
-        bias = bias.to(qkv.dtype).expand(num_windows, heads, tokens, tokens).reshape(1, num_windows * heads,
-                                                                                   tokens, tokens)
+        bias = bias.to(qkv.dtype)
+        if bias.shape[0] == 1:  # no shift mask: one (heads, N, N) bias broadcast over all windows, never copied
+            qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, batch * num_windows, heads, tokens, channels // heads)
+        else:  # a bias per window: windows and heads share one axis so the (nW, heads, N, N) bias is a view
+            qkv = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, batch, num_windows * heads, tokens, channels // heads)
+            bias = bias.reshape(1, num_windows * heads, tokens, tokens)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=bias)
         out = out.view(batch, num_windows, heads, tokens, -1).transpose(2, 3).reshape(batch, num_windows, tokens,
                                                                                     channels)

@@ -249,17 +249,23 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(n_embed, embed_dim)
 
+    rows_per_chunk: int = 8192  # bounds the (rows x n_embed) distance matrix: 8192 x 8192 float32 = 256 MiB
+
     def indices(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents -> (B, h, w) int64 codebook indices.
 
-        Distances as officially, ||z||² + ||e||² - 2 z·e, in float32; argmin takes the first index on ties.
+        Distances as officially, ||z||² + ||e||² - 2 z·e, in float32; argmin takes the first index on ties. Rows are
+        searched in chunks so that a large latent never builds its whole distance matrix (34 GB for a 4096 px image).
         """
         batch, channels, height, width = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, channels).float()
         codebook = self.embedding.weight.float()
-        distances = (flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1)
-                     - 2 * flat @ codebook.t())
-        return distances.argmin(dim=1).view(batch, height, width)
+        code_norms = codebook.pow(2).sum(1)
+        found = []
+        for rows in flat.split(self.rows_per_chunk):
+            distances = rows.pow(2).sum(1, keepdim=True) + code_norms - 2 * rows @ codebook.t()
+            found.append(distances.argmin(dim=1))
+        return torch.cat(found).view(batch, height, width)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) -> the nearest codebook vectors, same shape and dtype (straight-through form)."""
