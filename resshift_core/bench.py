@@ -323,15 +323,21 @@ def _flop_summary(counter) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------- one case
+def chop_stride(case: Case, options: argparse.Namespace) -> int:
+    """Stride of a -chopN case: --chop-stride, else the official script's default for N, else N - N/8."""
+    return options.chop_stride or OFFICIAL_CHOP_STRIDES.get(case.chop, case.chop - case.chop // 8)
+
+
 def upscale_kwargs(pipe, case: Case, options: argparse.Namespace) -> tuple[dict, str | None]:
-    """Keyword arguments of ``upscale`` for a case, or (None-reason) when the pipeline lacks the feature."""
+    """Keyword arguments of ``upscale`` for a case, and why the case cannot run (None when it can).
+
+    Tiling arguments are passed only when ``upscale`` has them (untiled cases then ask for ``tiling="off"``)."""
     params = inspect.signature(pipe.upscale).parameters
     kwargs: dict = {}
     has_tiling = "tiling" in params
     if case.mode == "chop":
         kwargs["chop_size"] = case.chop
-        default_stride = OFFICIAL_CHOP_STRIDES.get(case.chop, case.chop - case.chop // 8)
-        kwargs["chop_stride"] = options.chop_stride or default_stride
+        kwargs["chop_stride"] = chop_stride(case, options)
         if has_tiling:
             kwargs["tiling"] = "off"
     elif case.mode == "off":
@@ -385,8 +391,7 @@ def count_flops_meta(case: Case, configs, options) -> dict | None:
     A chopped case is a set of independent runs of one patch size: one patch is counted and multiplied.
     """
     if case.mode == "chop" and case.size > case.chop:
-        stride = options.chop_stride or OFFICIAL_CHOP_STRIDES.get(case.chop, case.chop - case.chop // 8)
-        patches = chop_patch_count(case.size, case.chop, stride)
+        patches = chop_patch_count(case.size, case.chop, chop_stride(case, options))
         one = count_flops_meta(Case(case.name, case.release, case.chop, "off"), configs, options)
         if one is None:
             return None
