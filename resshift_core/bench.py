@@ -471,7 +471,8 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
         pipe.compile()
         record["compiled"] = True
     image = input_image(case.size).to(device)
-    record.update(input=[case.size, case.size], input_source=getattr(input_image, "source", "?"), upscale_kwargs=kwargs)
+    record.update(input=[case.size, case.size], input_source=getattr(input_image, "source", "?"),
+                  upscale_kwargs=kwargs)
 
     def one_run():
         _sync(device)
@@ -506,6 +507,12 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
         out, wall, cpu = one_run()
         walls.append(wall)
         cpus.append(cpu)
+    if timer:  # mean seconds per run in each network; "other": the rest (padding, noise, quantisation, blending)
+        split = {k: v / options.repeat for k, v in timer.totals.items()}
+        split["other"] = statistics.fmean(walls) - sum(split.values())
+        record["seconds_split"] = split
+        record["network_calls"] = {k: v // options.repeat for k, v in timer.calls.items()}
+        timer.remove()
     if flops is None:  # no warm-up run to count on (--warmup 0) and no meta count
         with flop_counter() as counter:
             pipe.upscale(image, seed=options.seed, **kwargs)
@@ -529,11 +536,6 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
                   flops=flops["total"], flops_split=flops["split"], flops_by_op=flops.get("by_op"),
                   flops_method=flops.get("method", "?"), gflops_per_second=flops["total"] / seconds / 1e9,
                   load_average=os.getloadavg() if hasattr(os, "getloadavg") else None)
-    if timer:
-        record["seconds_split"] = {k: v / options.repeat for k, v in timer.totals.items()}
-        record["seconds_split"]["other"] = seconds - sum(record["seconds_split"].values())
-        record["network_calls"] = {k: v // options.repeat for k, v in timer.calls.items()}
-        timer.remove()
     if output_path:
         np.save(output_path, out.float().cpu().numpy())
     return record
