@@ -24,6 +24,7 @@ from .errors import (
 from .nets import ResShiftUNet, UNetConfig, VQAutoencoder, VQConfig
 from .pipeline import ResShiftPipeline
 from .releases import AUTOENCODERS, DEFAULT_RELEASE, RELEASES, get_release
+from .runtime import tune_cpu_allocator
 from .sampler import NoiseSource, StepProgress
 from .schedule import Schedule, ScheduleParams
 
@@ -34,4 +35,5 @@ __all__ = [
     "InputImageError", "NoiseSource", "ResShiftError", "ResShiftPipeline", "ResShiftUNet", "Schedule",
     "ScheduleParams", "StepProgress", "UNetConfig", "UnknownCheckpointError", "UnknownScheduleError",
     "UnsafeCheckpointError", "VQAutoencoder", "VQConfig", "WrongModelKindError", "get_release",
+    "tune_cpu_allocator",
 ]

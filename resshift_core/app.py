@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional
 
 from .errors import CancelledError, CheckpointError, InputImageError, ResShiftError
 from .releases import DEFAULT_RELEASE, LICENSE_URL, RELEASES, WEIGHTS_LICENSE, Release, get_release
+from .runtime import tune_cpu_allocator
 
 logger = logging.getLogger(__name__)
 
@@ -698,6 +699,8 @@ def launch(settings: AppSettings, *, host: str = "127.0.0.1", port: int = 7860, 
            max_file_size: str = "64mb", prevent_thread_lock: bool = False):
     """Build the page and serve it (blocks unless ``prevent_thread_lock``); returns the demo."""
     gr = import_gradio()
+    if settings.resolved_device() == "cpu":
+        tune_cpu_allocator()  # the app owns its process: keep freed feature maps in the heap (faster on the CPU)
     service = UpscaleService(settings)
     demo = build_demo(service)
     options = _supported(demo.launch, {

@@ -235,10 +235,10 @@ def _best_rate(device: torch.device, make, sizes, target_s: float) -> dict:
 
 
 def measure_peak(device: torch.device, dtype: torch.dtype, target_s: float = 2.0) -> dict:
-    """The device's practical peak in ``dtype``, measured now: the better of a square matmul (up to 4096^2; BLAS)
-    and a 3x3 convolution of 256 channels (up to a 256^2 map; the convolution library, which on some CPUs is much
-    faster than the BLAS, e.g. MKL on AMD). Sizes grow while one call is short, so slow dtypes (bf16 on CPUs
-    without bf16 instructions) stay quick to measure."""
+    """The device's practical peak in ``dtype``, measured now: a square matmul (up to 4096^2; BLAS), the reference
+    of the "% peak" column, and a channels-last 3x3 convolution of 256 channels (up to a 256^2 map; the convolution
+    library, which on some CPUs beats the BLAS), the reference of the stricter "% conv" column. Sizes grow while
+    one call is short, so slow dtypes (bf16 on CPUs without bf16 instructions) stay quick to measure."""
     import torch.nn.functional as F
 
     def matmul(size):
@@ -247,17 +247,15 @@ def measure_peak(device: torch.device, dtype: torch.dtype, target_s: float = 2.0
         return (lambda: a @ b), 2 * size ** 3
 
     def conv(size, channels=256):
-        x = torch.randn(1, channels, size, size, device=device).to(dtype)
-        w = (torch.randn(channels, channels, 3, 3, device=device) * 0.02).to(dtype)
+        cl = torch.channels_last
+        x = torch.randn(1, channels, size, size, device=device).to(dtype).contiguous(memory_format=cl)
+        w = (torch.randn(channels, channels, 3, 3, device=device) * 0.02).to(dtype).contiguous(memory_format=cl)
         return (lambda: F.conv2d(x, w, padding=1)), 2 * channels * channels * 9 * size * size
 
     with torch.inference_mode():
         mm = _best_rate(device, matmul, [512, 1024, 2048, 4096], target_s)
         cv = _best_rate(device, conv, [16, 32, 64, 128, 256], target_s)
-    best = max(mm["gflops"], cv["gflops"])
-    return {"gflops": best, "source": "matmul" if mm["gflops"] >= cv["gflops"] else "conv3x3",
-            "matmul_size": mm["size"], "matmul_gflops": mm["gflops"], "conv_size": cv["size"],
-            "conv_gflops": cv["gflops"]}
+    return {"gflops": mm["gflops"], "matmul_size": mm["size"], "conv_size": cv["size"], "conv_gflops": cv["gflops"]}
 
 
 # ------------------------------------------------------------------------------------------------------- memory
@@ -357,7 +355,8 @@ def upscale_kwargs(pipe, case: Case, options: argparse.Namespace) -> tuple[dict,
     return kwargs, None
 
 
-def build_pipeline(case: Case, paths: tuple[str, str], device, dtype, meta: bool = False):
+def build_pipeline(case: Case, paths: tuple[str, str], device, dtype, meta: bool = False,
+                   channels_last: bool = True):
     """The pipeline of a case from weight files; ``meta``: the same networks on the meta device (no data)."""
     from .checkpoints import load_autoencoder, load_unet
     from .nets.unet import ResShiftUNet
@@ -371,11 +370,12 @@ def build_pipeline(case: Case, paths: tuple[str, str], device, dtype, meta: bool
         with torch.device("meta"):
             unet, autoencoder = ResShiftUNet(unet_config), VQAutoencoder(vq_config)
         return ResShiftPipeline(unet, autoencoder, release.schedule, release.scale, one_step=release.one_step,
-                                release=release, device="meta", dtype=torch.float32)
+                                release=release, device="meta", dtype=torch.float32, channels_last=channels_last)
     loaded = load_unet(paths[0], release)
     autoencoder = load_autoencoder(paths[1])
     return ResShiftPipeline(loaded.model, autoencoder, loaded.schedule or release.schedule, release.scale,
-                            one_step=loaded.one_step, release=release, device=device, dtype=dtype)
+                            one_step=loaded.one_step, release=release, device=device, dtype=dtype,
+                            channels_last=channels_last)
 
 
 def chop_patch_count(size: int, chop: int, stride: int) -> int:
@@ -455,11 +455,16 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
     """Time one case in this process. Returns its result record."""
     from .pipeline import parse_dtype
 
+    from .runtime import cpu_allocator_tuned, tune_cpu_allocator
+
     device = torch.device(options.device)
     dtype = parse_dtype(dtype_name)
+    if options.tuned_allocator and device.type == "cpu":
+        tune_cpu_allocator()
     record: dict = {"case": case.name, "release": case.release, "mode": case.mode, "dtype": dtype_name,
-                    "device": str(device), "threads": torch.get_num_threads()}
-    pipe = build_pipeline(case, paths, device, dtype)
+                    "device": str(device), "threads": torch.get_num_threads(), "channels_last": options.channels_last,
+                    "cpu_allocator": "heap (runtime.tune_cpu_allocator)" if cpu_allocator_tuned() else "default"}
+    pipe = build_pipeline(case, paths, device, dtype, channels_last=options.channels_last)
     kwargs, missing = upscale_kwargs(pipe, case, options)
     if missing:
         record["status"] = missing
@@ -557,7 +562,7 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 def format_table(records: list[dict], peaks: dict) -> str:
     header = ["case", "dtype", "in -> out", "s/img", "min s", "1st run s", "MP/s", "peak MiB", "+MiB", "GFLOP",
-              "GFLOP/s", "% peak", "PSNR/fp32", "unet/enc/dec s", "cpu use"]
+              "GFLOP/s", "% peak", "% conv", "PSNR/fp32", "unet/enc/dec s", "cpu use"]
     rows = [header]
     notes = []
     for r in records:
@@ -567,6 +572,7 @@ def format_table(records: list[dict], peaks: dict) -> str:
             notes.append(f"{r['case']} {r['dtype']}: {r.get('status')}")
             continue
         peak = peaks.get(r["dtype"], {}).get("gflops")
+        conv_peak = peaks.get(r["dtype"], {}).get("conv_gflops")
         split = r.get("seconds_split")
         rows.append([
             r["case"], r["dtype"], f"{r['input'][0]}x{r['input'][1]} -> {r['output'][0]}x{r['output'][1]}",
@@ -574,6 +580,7 @@ def format_table(records: list[dict], peaks: dict) -> str:
             _fmt(r["megapixels_per_second"], ".4f"), _fmt(r["peak_memory_mib"], ".0f"),
             _fmt(r["memory_growth_mib"], ".0f"), _fmt(r["flops"] / 1e9, ".0f"), _fmt(r["gflops_per_second"], ".1f"),
             _fmt(100 * r["gflops_per_second"] / peak if peak else None, ".0f"),
+            _fmt(100 * r["gflops_per_second"] / conv_peak if conv_peak else None, ".0f"),
             _fmt(r.get("psnr_vs_fp32"), ".1f"),
             "/".join(f"{split[k]:.1f}" for k in ("unet", "vae_encoder", "vae_decoder")) if split else "-",
             _fmt(r.get("cpu_utilisation"), ".0%"),
@@ -623,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chop-stride", type=int, help="stride of -chopN cases (default: the official one for "
                                                         "N = 512, 256, 64 (448, 224, 48), else N - N/8)")
     parser.add_argument("--compile", action="store_true", help="call pipe.compile() first (torch.compile)")
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="run the networks in NCHW memory format (default: channels-last, the library default)")
+    parser.add_argument("--default-allocator", dest="tuned_allocator", action="store_false",
+                        help="keep glibc's default malloc settings (default: runtime.tune_cpu_allocator(), as the "
+                             "command line does)")
     parser.add_argument("--max-run-seconds", type=float, default=600.0,
                         help="skip reduced-precision cases predicted to take longer per run (0: never skip)")
     parser.add_argument("--json", help="also write the results to this file")
@@ -650,6 +662,10 @@ def _child_argv(options, case: Case, dtype: str, paths, result: str, output: str
             argv += ["--" + option.replace("_", "-"), str(value)]
     if options.compile:
         argv.append("--compile")
+    if not options.channels_last:
+        argv.append("--no-channels-last")
+    if not options.tuned_allocator:
+        argv.append("--default-allocator")
     if output:
         argv += ["--output-npy", output]
     if flops is not None:
@@ -717,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         peaks[dtype] = measure_peak(device, parse_dtype(dtype))
         peak = peaks[dtype]
         print(f"peak {dtype}: {peak['gflops']:.1f} GFLOP/s (matmul {peak['matmul_size']}^2: "
-              f"{peak['matmul_gflops']:.1f}, conv3x3 256ch {peak['conv_size']}^2: {peak['conv_gflops']:.1f})",
+              f"{peak['gflops']:.1f}, channels-last conv3x3 256ch {peak['conv_size']}^2: {peak['conv_gflops']:.1f})",
               flush=True)
 
     records: list[dict] = []
@@ -785,8 +801,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"device: {report['device']}; weights: {weights}; median of {options.repeat} runs after "
           f"{options.warmup} warm-up")
-    print("peak (best of matmul and conv3x3, measured now): "
-          + ", ".join(f"{d} {p['gflops']:.1f} GFLOP/s ({p['source']})" for d, p in peaks.items()))
+    print("peak, measured now: " + ", ".join(f"{d} matmul {p['gflops']:.1f} GFLOP/s (the '% peak' reference), "
+                                              f"conv3x3 {p['conv_gflops']:.1f} ('% conv')" for d, p in peaks.items()))
     print(format_table(records, peaks))
     print()
     print(json.dumps(report, indent=1, default=str))

@@ -94,7 +94,7 @@ class TileSettings:
     mode: str = "auto"
     tile_size: int = 256
     overlap: int = 32
-    vae_tile_size: int = 96
+    vae_tile_size: int = 80
     vae_overlap: int = 8
     batch_size: int = 1
 
@@ -137,12 +137,15 @@ class ResShiftPipeline:
         release: the release it came from, if known.
         device, dtype: where and in which precision the networks run (latents and schedule math stay float32).
         padding_multiple: LR padding multiple; default the official one (the UNet's ``lq_size``).
+        channels_last: store conv weights and feature maps (B, H, W, C) in memory. On by default: oneDNN and cuDNN
+            run 3x3 convolutions 10-35% faster that way (no layout reorder around every conv); values agree with
+            the NCHW run within float rounding.
     """
 
     def __init__(self, unet: ResShiftUNet, autoencoder: VQAutoencoder, schedule: ScheduleParams | Schedule,
                  scale: int, *, one_step: bool = False, release: Release | None = None,
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 padding_multiple: int | None = None):
+                 padding_multiple: int | None = None, channels_last: bool = True):
         self.unet = unet.eval().requires_grad_(False)
         self.autoencoder = autoencoder.eval().requires_grad_(False)
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
@@ -161,6 +164,7 @@ class ResShiftPipeline:
                                 f"autoencoder, see the release table)")
         self.device = torch.device("cpu")
         self.dtype = torch.float32
+        self.channels_last = bool(channels_last)
         self.to(device or "cpu", dtype)
 
     # ---------------------------------------------------------------------------------------------- construction
@@ -198,14 +202,19 @@ class ResShiftPipeline:
         lr_per_latent = unet.config.lq_size // unet.config.image_size
         return max(1, autoencoder.downsample_factor // lr_per_latent)
 
-    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
-           ) -> ResShiftPipeline:
+    def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,
+           channels_last: bool | None = None) -> ResShiftPipeline:
+        """Move the networks (in place) to a device, a dtype and/or a memory format; returns self."""
         if device is not None:
             self.device = torch.device(device)
         if dtype is not None:
             self.dtype = parse_dtype(dtype)
-        self.unet.to(self.device, self.dtype)
-        self.autoencoder.to(self.device, self.dtype)
+        if channels_last is not None:
+            self.channels_last = bool(channels_last)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        for network in (self.unet, self.autoencoder):
+            network.to(self.device, self.dtype)
+            network.to(memory_format=memory_format)  # only 4-D weights change; a conv follows its weight's format
         # The codebook stays float32: nearest-code search on half-precision distances flips indices.
         self.autoencoder.quantize.float()
         return self

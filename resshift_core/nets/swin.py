@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm32, PointwiseConv2d
+from .layers import GroupNorm32, PointwiseConv2d, is_channels_last
 
 MASK_VALUE = -100.0  # the official additive value for token pairs of different regions
 
@@ -181,8 +181,11 @@ class SwinTransformerBlock(nn.Module):
         windows = u.view(batch, channels, height // w, w, width // w, w).permute(0, 2, 4, 3, 5, 1)
         windows = windows.reshape(batch, (height // w) * (width // w), w * w, channels)
         attended = self.attn(windows, self.attention_bias(height, width, x.device))
-        u = attended.view(batch, height // w, width // w, w, w, channels).permute(0, 5, 1, 3, 2, 4)
-        u = u.reshape(batch, channels, height, width)
+        u = attended.view(batch, height // w, width // w, w, w, channels)
+        if is_channels_last(x):  # back to (B, H, W, C) memory, seen as a channels-last (B, C, H, W) map
+            u = u.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        else:
+            u = u.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)
         if self.shift:
             u = torch.roll(u, shifts=(self.shift, self.shift), dims=(2, 3))
         x = x + u

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm32, PointwiseConv2d
+from .layers import GroupNorm32, PointwiseConv2d, is_channels_last
 
 
 @dataclass(frozen=True)
@@ -113,17 +113,18 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         h = self.norm(x)
-        # (B, 1, HW, C) so that SDPA sees one head
-        q = self.q(h).flatten(2).transpose(1, 2).unsqueeze(1)
-        k = self.k(h).flatten(2).transpose(1, 2).unsqueeze(1)
-        v = self.v(h).flatten(2).transpose(1, 2).unsqueeze(1)
+        # (B, 1, HW, C) so that SDPA sees one head (views of channels-last maps, copies of NCHW ones)
+        q, k, v = (proj(h).permute(0, 2, 3, 1).reshape(batch, 1, height * width, channels)
+                   for proj in (self.q, self.k, self.v))
         tokens = q.shape[2]
         if tokens <= self.query_chunk:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
             out = torch.cat([F.scaled_dot_product_attention(q[:, :, i:i + self.query_chunk], k, v)
                              for i in range(0, tokens, self.query_chunk)], dim=2)
-        out = out.squeeze(1).transpose(1, 2).reshape(batch, channels, height, width)
+        out = out.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        if not is_channels_last(x):
+            out = out.contiguous()
         return x + self.proj_out(out)
 
 
