@@ -16,6 +16,10 @@ scikit-image is missing). Per case and dtype it prints, as a table and as JSON:
 * for reduced precision, the PSNR of the output against the fp32 output of the same case and seed (when fp32 is in
   the run).
 
+The networks run as the library runs them by default (channels-last) and, on the CPU, with the allocator setting of
+the command line (:func:`resshift_core.runtime.tune_cpu_allocator`); ``--no-channels-last`` and
+``--default-allocator`` measure without them.
+
 Each (case, dtype) runs in a fresh subprocess, so that peaks of one case do not leak into the next (the allocator
 keeps freed memory). Reduced-precision cases whose predicted time per run exceeds ``--max-run-seconds`` are skipped
 with the prediction (CPUs without bf16/fp16 instructions run those dtypes ~100x slower than fp32).
@@ -507,11 +511,18 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
             first_s = first_s if first_s is not None else elapsed
     if timer:
         timer.reset()
+    # The device's peak right before and after the timed runs, in this process: the speed of a shared or
+    # frequency-scaling machine drifts, so a peak measured minutes earlier can be 15% off.
+    peaks = [measure_peak(device, dtype, target_s=options.peak_seconds / 2)]
     walls, cpus = [], []
     for _ in range(options.repeat):
         out, wall, cpu = one_run()
         walls.append(wall)
         cpus.append(cpu)
+    peaks.append(measure_peak(device, dtype, target_s=options.peak_seconds / 2))
+    record["device_peak"] = {"gflops": max(p["gflops"] for p in peaks),
+                             "conv_gflops": max(p["conv_gflops"] for p in peaks),
+                             "measured": peaks, "reference": "best of the measurements before and after the runs"}
     if timer:  # mean seconds per run in each network; "other": the rest (padding, noise, quantisation, blending)
         split = {k: v / options.repeat for k, v in timer.totals.items()}
         split["other"] = statistics.fmean(walls) - sum(split.values())
@@ -562,7 +573,7 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 def format_table(records: list[dict], peaks: dict) -> str:
     header = ["case", "dtype", "in -> out", "s/img", "min s", "1st run s", "MP/s", "peak MiB", "+MiB", "GFLOP",
-              "GFLOP/s", "% peak", "% conv", "PSNR/fp32", "unet/enc/dec s", "cpu use"]
+              "GFLOP/s", "peak", "% peak", "% conv", "PSNR/fp32", "unet/enc/dec s", "cpu use"]
     rows = [header]
     notes = []
     for r in records:
@@ -571,15 +582,15 @@ def format_table(records: list[dict], peaks: dict) -> str:
             rows.append([r["case"], r["dtype"], f"({word}, see below)"] + [""] * (len(header) - 3))
             notes.append(f"{r['case']} {r['dtype']}: {r.get('status')}")
             continue
-        peak = peaks.get(r["dtype"], {}).get("gflops")
-        conv_peak = peaks.get(r["dtype"], {}).get("conv_gflops")
+        case_peak = r.get("device_peak") or peaks.get(r["dtype"], {})
+        peak, conv_peak = case_peak.get("gflops"), case_peak.get("conv_gflops")
         split = r.get("seconds_split")
         rows.append([
             r["case"], r["dtype"], f"{r['input'][0]}x{r['input'][1]} -> {r['output'][0]}x{r['output'][1]}",
             _fmt(r["seconds"], ".2f"), _fmt(r["seconds_min"], ".2f"), _fmt(r.get("first_run_seconds"), ".2f"),
             _fmt(r["megapixels_per_second"], ".4f"), _fmt(r["peak_memory_mib"], ".0f"),
             _fmt(r["memory_growth_mib"], ".0f"), _fmt(r["flops"] / 1e9, ".0f"), _fmt(r["gflops_per_second"], ".1f"),
-            _fmt(100 * r["gflops_per_second"] / peak if peak else None, ".0f"),
+            _fmt(peak, ".1f"), _fmt(100 * r["gflops_per_second"] / peak if peak else None, ".0f"),
             _fmt(100 * r["gflops_per_second"] / conv_peak if conv_peak else None, ".0f"),
             _fmt(r.get("psnr_vs_fp32"), ".1f"),
             "/".join(f"{split[k]:.1f}" for k in ("unet", "vae_encoder", "vae_decoder")) if split else "-",
@@ -637,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "command line does)")
     parser.add_argument("--max-run-seconds", type=float, default=600.0,
                         help="skip reduced-precision cases predicted to take longer per run (0: never skip)")
+    parser.add_argument("--peak-seconds", type=float, default=2.0,
+                        help="time budget of one peak measurement (sizes grow until one call takes a quarter of it)")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--save-weights", help="keep the random weight files in this folder")
     parser.add_argument("--in-process", action="store_true",
@@ -655,7 +668,7 @@ def _child_argv(options, case: Case, dtype: str, paths, result: str, output: str
     argv = [sys.executable, "-m", "resshift_core.bench", "--case", case.name, "--dtype", dtype, "--device",
             options.device, "--release", case.release, "--seed", str(options.seed), "--repeat", str(options.repeat),
             "--warmup", str(options.warmup), "--tiling-mode", options.tiling_mode, "--paths", json.dumps(paths),
-            "--result", result]
+            "--result", result, "--peak-seconds", str(options.peak_seconds)]
     for option in ("threads", "tile_size", "tile_overlap", "vae_tile_size", "tile_batch_size", "chop_stride"):
         value = getattr(options, option)
         if value is not None:
@@ -730,7 +743,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {device_name(device)}; torch {torch.__version__}", flush=True)
     peaks = {}
     for dtype in dtypes:
-        peaks[dtype] = measure_peak(device, parse_dtype(dtype))
+        peaks[dtype] = measure_peak(device, parse_dtype(dtype), target_s=options.peak_seconds)
         peak = peaks[dtype]
         print(f"peak {dtype}: {peak['gflops']:.1f} GFLOP/s (matmul {peak['matmul_size']}^2: "
               f"{peak['gflops']:.1f}, channels-last conv3x3 256ch {peak['conv_size']}^2: {peak['conv_gflops']:.1f})",
@@ -801,8 +814,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"device: {report['device']}; weights: {weights}; median of {options.repeat} runs after "
           f"{options.warmup} warm-up")
-    print("peak, measured now: " + ", ".join(f"{d} matmul {p['gflops']:.1f} GFLOP/s (the '% peak' reference), "
-                                              f"conv3x3 {p['conv_gflops']:.1f} ('% conv')" for d, p in peaks.items()))
+    print("peak at the start: " + ", ".join(f"{d} matmul {p['gflops']:.1f} GFLOP/s, conv3x3 {p['conv_gflops']:.1f}"
+                                             for d, p in peaks.items())
+          + "; '% peak' (matmul) and '% conv' use the better of two measurements made right before and after each "
+            "case's timed runs")
     print(format_table(records, peaks))
     print()
     print(json.dumps(report, indent=1, default=str))
