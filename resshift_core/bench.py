@@ -458,7 +458,6 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
              output_path: str | None, flops: dict | None) -> dict:
     """Time one case in this process. Returns its result record."""
     from .pipeline import parse_dtype
-
     from .runtime import cpu_allocator_tuned, tune_cpu_allocator
 
     device = torch.device(options.device)

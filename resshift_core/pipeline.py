@@ -212,9 +212,8 @@ class ResShiftPipeline:
         if channels_last is not None:
             self.channels_last = bool(channels_last)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for network in (self.unet, self.autoencoder):
-            network.to(self.device, self.dtype)
-            network.to(memory_format=memory_format)  # only 4-D weights change; a conv follows its weight's format
+        for network in (self.unet, self.autoencoder):  # the format applies to 4-D weights; a conv follows its weight
+            network.to(self.device, self.dtype, memory_format=memory_format)
         # The codebook stays float32: nearest-code search on half-precision distances flips indices.
         self.autoencoder.quantize.float()
         return self

@@ -1,8 +1,8 @@
 """Process-wide CPU settings that make inference faster; opt-in, because they change the whole process.
 
-The feature maps of a 256x256 output are 32-128 MB each. glibc's malloc hands every block of that size out as a fresh
-``mmap`` and returns it to the kernel on ``free``, so each of the ~500 large tensors of a run is page-faulted in and
-zeroed again: 10-15% of a CPU run (measured: realsr-v3 64->256 on 2 AVX2 cores, 11.8 s -> 10.5 s). Serving them from
+The full-resolution feature maps of a 256x256 output are 32-64 MB each. glibc's malloc hands every block of that size
+out as a fresh ``mmap`` and returns it to the kernel on ``free``, so each such tensor is page-faulted in and zeroed
+again: 10-15% of a CPU run (measured: realsr-v3 64->256 on 2 AVX2 cores, 11.8 s -> 10.5 s). Serving them from
 the heap, which keeps freed memory for the next tensor, removes that cost; the price is that the process keeps its
 peak memory until it exits (about 10% more than the default allocator's peak in the same run).
 
