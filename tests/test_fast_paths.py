@@ -118,3 +118,30 @@ def test_tuned_allocator_serves_large_blocks_from_the_heap_and_can_be_declined()
 def test_importing_the_library_leaves_the_allocator_alone():
     code = "import resshift_core, resshift_core.pipeline, resshift_core.runtime as r; print(r.cpu_allocator_tuned())"
     assert _run_python(code) == "False"
+
+
+def test_networks_trace_as_one_graph_and_compiled_runs_match_eager():
+    """torch.compile must see each network whole: a graph break (e.g. at the Swin bias cache) splits the UNet into
+    dozens of graphs and hits dynamo's recompile limit, silently falling back to slow eager frames."""
+    import torch._dynamo
+
+    pipe = ResShiftPipeline.from_files(FIXTURE / "unet.safetensors", FIXTURE / "vae.safetensors", release="realsr-v3")
+    latent = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    calls = [(pipe.unet, (latent, torch.tensor([2])), {"lq_features": latent}),
+             (pipe.autoencoder.encode, (torch.rand(1, 3, 64, 64) * 2 - 1,), {}),
+             (pipe.autoencoder.decoder, (latent,), {})]
+    with torch.inference_mode():
+        for network, args, kwargs in calls:
+            torch._dynamo.reset()
+            explained = torch._dynamo.explain(network)(*args, **kwargs)
+            assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+    image = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
+    eager = pipe.upscale(image, seed=3, tiling="off")
+    torch._dynamo.reset()
+    pipe.compile(backend="aot_eager")  # traced and run through autograd's graph, no C++ compiler needed
+    try:
+        compiled = pipe.upscale(image, seed=3, tiling="off")
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)

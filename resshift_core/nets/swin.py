@@ -53,6 +53,11 @@ def official_shift_mask(height: int, width: int, window: int, shift: int) -> tor
     return differs.float() * MASK_VALUE
 
 
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative-position bias.
 
@@ -152,20 +157,26 @@ class SwinTransformerBlock(nn.Module):
     def attention_bias(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """(nW or 1, heads, w², w²) float32 bias for a map of this size; cached while the weights are unchanged."""
         table = self.attn.relative_position_bias_table
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad)
+        # Under torch.compile the bias is traced into the graph instead: the cache key (data pointers, versions)
+        # would break the graph at every block.
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not _is_compiling()
+        if not cacheable:
+            return self._compute_bias(height, width, device)
         key = (height, width, str(device), table._version, table.data_ptr(),
                None if self.attn_mask is None else (self.attn_mask._version, self.attn_mask.data_ptr()))
-        cached = self._bias_cache.get(key) if cacheable else None  # one lookup: safe when threads share the model
-        if cached is not None:
-            return cached
+        cached = self._bias_cache.get(key)  # one lookup: safe when threads share the model
+        if cached is None:
+            cached = self._compute_bias(height, width, device)
+            if len(self._bias_cache) > 8:
+                self._bias_cache = {}  # replaced, not cleared, so a concurrent reader keeps a valid dict
+            self._bias_cache[key] = cached
+        return cached
+
+    def _compute_bias(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         bias = self.attn.position_bias().float().unsqueeze(0)
         mask = self._shift_mask(height, width, device)
         if mask is not None:
             bias = bias + mask.float().unsqueeze(1)
-        if cacheable:
-            if len(self._bias_cache) > 8:
-                self._bias_cache = {}  # replaced, not cleared, so a concurrent reader keeps a valid dict
-            self._bias_cache[key] = bias
         return bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
