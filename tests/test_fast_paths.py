@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from resshift_core import ResShiftPipeline
-from resshift_core.nets.layers import PointwiseConv2d, is_channels_last
+from resshift_core.nets.layers import NearestUpsampleConv, PointwiseConv2d, is_channels_last
 from resshift_core.nets.swin import SwinTransformerBlock
 from resshift_core.nets.vqgan import AttnBlock
 
@@ -34,6 +34,35 @@ def test_pointwise_conv_equals_conv2d_and_keeps_the_memory_format(batch, channel
     assert is_channels_last(out) == channels_last
     strided = torch.randn(batch, 24, 9, 14)[..., ::2]  # neither layout: the generic conv path
     torch.testing.assert_close(layer(strided), F.conv2d(strided, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_upsample_conv_equals_nearest_upsampling_then_the_3x3_conv(channels_last):
+    torch.manual_seed(0)
+    layer = NearestUpsampleConv(6, 5)
+    x = torch.randn(2, 6, 5, 7)
+    if channels_last:
+        layer = layer.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def reference():
+        return layer.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+    with torch.no_grad():
+        out = layer(x)
+        assert out.shape == (2, 5, 10, 14) and is_channels_last(out) == channels_last
+        torch.testing.assert_close(out, reference(), atol=1e-5, rtol=1e-5)
+        layer.conv.weight.mul_(-2)  # weights changed in place (as load_state_dict does): the folded cache follows
+        torch.testing.assert_close(layer(x), reference(), atol=1e-5, rtol=1e-5)
+
+    # Training goes through the same path: gradients reach the official 3x3 weight.
+    x.requires_grad_(True)
+    layer(x).square().sum().backward()
+    fast_grads = (x.grad.clone(), layer.conv.weight.grad.clone())
+    x.grad, layer.conv.weight.grad = None, None
+    reference().square().sum().backward()
+    torch.testing.assert_close(fast_grads[0], x.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast_grads[1], layer.conv.weight.grad, atol=1e-4, rtol=1e-4)
 
 
 def test_attention_blocks_agree_across_memory_formats():
@@ -145,3 +174,17 @@ def test_networks_trace_as_one_graph_and_compiled_runs_match_eager():
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+
+
+def test_upsample_conv_reports_the_multiply_adds_it_saves():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    layer = NearestUpsampleConv(4, 3)
+    x = torch.randn(2, 4, 5, 6)
+    with torch.no_grad():
+        layer(x)  # folds (and caches) the kernel: a one-off einsum not counted below
+        with FlopCounterMode(display=False) as fast:
+            layer(x)
+    with torch.no_grad(), FlopCounterMode(display=False) as official:
+        layer.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    assert official.get_total_flops() - fast.get_total_flops() == 2 * layer.multiply_adds_saved(tuple(x.shape))

@@ -77,3 +77,75 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     if dim % 2:
         embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
     return embedding
+
+
+def is_compiling() -> bool:
+    """True while torch.compile traces (caches keyed on data pointers must step aside then)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
+# Row (or column) folding of a 3x3 kernel for one output phase of nearest-x2 upsampling: output row 2i reads source
+# rows (i-1, i, i) through kernel rows (0, 1, 2), so its 2-tap kernel is (k0, k1 + k2) over rows (i-1, i); output row
+# 2i+1 reads (i, i, i+1), giving (k0 + k1, k2) over rows (i, i+1).
+_PHASE_FOLD = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+class NearestUpsampleConv(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by a 3x3 convolution (key ``conv``, as officially), computed without
+    building the upsampled map.
+
+    Each of the four output phases (row parity a, column parity b) is a 2x2 convolution of the *source* map with
+    the 3x3 kernel's taps summed where they read the same source pixel. The four are one 2x2 convolution with
+    4 x out_channels outputs, then interleaved: 16 instead of 36 multiply-adds per source pixel and channel pair
+    (2.2x fewer; measured 2x faster on the CPU), same values up to float rounding (~3e-6 relative).
+
+    forward: (B, C, H, W) -> (B, out_channels, 2H, 2W), same dtype and memory format.
+    """
+
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+        self._folded: tuple | None = None
+
+    def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(4 * out, in, 2, 2) kernel, phases (a, b) row-major, and the bias repeated per phase."""
+        weight, bias = self.conv.weight, self.conv.bias
+        trainable = torch.is_grad_enabled() and weight.requires_grad
+        key = None
+        if not trainable and not is_compiling():
+            key = (weight.data_ptr(), weight._version, weight.dtype, weight.device,
+                   None if bias is None else (bias.data_ptr(), bias._version))
+            cached = self._folded
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
+        fold = torch.tensor(_PHASE_FOLD, dtype=torch.float32, device=weight.device)  # (phase, 2 taps, 3 taps)
+        folded = torch.einsum("apy,bqx,oiyx->aboipq", fold, fold, weight.float())
+        folded = folded.reshape(4 * weight.shape[0], weight.shape[1], 2, 2).to(weight.dtype)
+        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+            folded = folded.contiguous(memory_format=torch.channels_last)
+        bias4 = None if bias is None else bias.repeat(4)
+        if key is not None:
+            self._folded = (key, folded, bias4)  # one assignment: safe when threads share the model
+        return folded, bias4
+
+    def multiply_adds_saved(self, input_shape: tuple[int, ...]) -> int:
+        """Multiply-adds the official graph (3x3 conv on the upsampled map) does beyond this layer for one input."""
+        batch, channels, height, width = input_shape
+        pairs = batch * channels * self.conv.out_channels
+        return pairs * (9 * 4 * height * width - 4 * 4 * (height + 1) * (width + 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = self.folded_weight()
+        phases = F.conv2d(x, weight, bias, padding=1)  # (B, 4 * out, H + 1, W + 1)
+        batch, _, height, width = x.shape
+        out_channels = self.conv.out_channels
+        layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        out = torch.empty((batch, out_channels, 2 * height, 2 * width), dtype=phases.dtype, device=phases.device,
+                          memory_format=layout)
+        for a in (0, 1):
+            for b in (0, 1):
+                first = (2 * a + b) * out_channels
+                # phase (a, b) output row i sits at row i + a of the padded 2x2 convolution
+                out[:, :, a::2, b::2] = phases[:, first:first + out_channels, a:a + height, b:b + width]
+        return out

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm32, PointwiseConv2d, is_channels_last
+from .layers import GroupNorm32, PointwiseConv2d, is_channels_last, is_compiling
 
 MASK_VALUE = -100.0  # the official additive value for token pairs of different regions
 
@@ -51,11 +51,6 @@ def official_shift_mask(height: int, width: int, window: int, shift: int) -> tor
     token_labels = token_labels[:, None, :].expand(window_rows, window_cols, window * window).reshape(-1, window ** 2)
     differs = token_labels[:, None, :] != token_labels[:, :, None]
     return differs.float() * MASK_VALUE
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 class WindowAttention(nn.Module):
@@ -159,7 +154,7 @@ class SwinTransformerBlock(nn.Module):
         table = self.attn.relative_position_bias_table
         # Under torch.compile the bias is traced into the graph instead: the cache key (data pointers, versions)
         # would break the graph at every block.
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not _is_compiling()
+        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_compiling()
         if not cacheable:
             return self._compute_bias(height, width, device)
         key = (height, width, str(device), table._version, table.data_ptr(),

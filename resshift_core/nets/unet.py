@@ -12,10 +12,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm32, PointwiseConv2d, timestep_embedding
+from .layers import GroupNorm32, NearestUpsampleConv, PointwiseConv2d, timestep_embedding
 from .swin import BasicLayer
 
 
@@ -140,17 +139,6 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
-class Upsample(nn.Module):
-    """Nearest x2, then 3x3 conv (key ``conv``)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
 class TimestepEmbedSequential(nn.Sequential):
     """A sequence whose ResBlocks also receive the time embedding."""
 
@@ -218,7 +206,7 @@ class ResShiftUNet(nn.Module):
                 if size in c.attention_resolutions and block == 0:
                     layers.append(swin(ch, size))
                 if level and block == c.num_res_blocks[level]:
-                    layers.append(Upsample(ch))
+                    layers.append(NearestUpsampleConv(ch))
                     size *= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
         self.out = nn.Sequential(GroupNorm32(32, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
