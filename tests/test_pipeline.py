@@ -134,3 +134,17 @@ def test_core_imports_no_host_application():
             " 'comfy_nodes', 'webui_extension', 'train')]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_a_pipeline_built_inside_inference_mode_runs_and_matches(pipe):
+    """Hosts such as ComfyUI run their nodes under torch.inference_mode(), so weights loaded there are inference
+    tensors, which have no version counter for the weight-derived caches to key on."""
+    image = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        inside = ResShiftPipeline.from_files(FIXTURE / "unet.safetensors", FIXTURE / "vae.safetensors",
+                                             release="realsr-v3")
+        assert next(inside.unet.parameters()).is_inference()
+        out = inside.upscale(image, seed=4, tiling="off")
+        again = inside.upscale(image, seed=4, tiling="off")
+    torch.testing.assert_close(out, pipe.upscale(image, seed=4, tiling="off"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(again, out, atol=0, rtol=0)

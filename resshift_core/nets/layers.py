@@ -85,6 +85,21 @@ def is_compiling() -> bool:
     return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
+def cache_key(*tensors: torch.Tensor | None) -> tuple | None:
+    """A key that changes when any of ``tensors`` is replaced or modified in place (storage, version counter), for
+    caching values derived from weights; None where that cannot be told: inference tensors (models built inside
+    ``torch.inference_mode()``, as ComfyUI runs its nodes) have no version counter, so such values are recomputed."""
+    key = []
+    for tensor in tensors:
+        if tensor is None:
+            key.append(None)
+        elif tensor.is_inference():
+            return None
+        else:
+            key.append((tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device))
+    return tuple(key)
+
+
 # Row (or column) folding of a 3x3 kernel for one output phase of nearest-x2 upsampling: output row 2i reads source
 # rows (i-1, i, i) through kernel rows (0, 1, 2), so its 2-tap kernel is (k0, k1 + k2) over rows (i-1, i); output row
 # 2i+1 reads (i, i, i+1), giving (k0 + k1, k2) over rows (i, i+1).
@@ -112,10 +127,8 @@ class NearestUpsampleConv(nn.Module):
         """(4 * out, in, 2, 2) kernel, phases (a, b) row-major, and the bias repeated per phase."""
         weight, bias = self.conv.weight, self.conv.bias
         trainable = torch.is_grad_enabled() and weight.requires_grad
-        key = None
-        if not trainable and not is_compiling():
-            key = (weight.data_ptr(), weight._version, weight.dtype, weight.device,
-                   None if bias is None else (bias.data_ptr(), bias._version))
+        key = None if trainable or is_compiling() else cache_key(weight, bias)
+        if key is not None:
             cached = self._folded
             if cached is not None and cached[0] == key:
                 return cached[1], cached[2]

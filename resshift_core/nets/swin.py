@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm32, PointwiseConv2d, is_channels_last, is_compiling
+from .layers import GroupNorm32, PointwiseConv2d, cache_key, is_channels_last, is_compiling
 
 MASK_VALUE = -100.0  # the official additive value for token pairs of different regions
 
@@ -155,10 +155,10 @@ class SwinTransformerBlock(nn.Module):
         # Under torch.compile the bias is traced into the graph instead: the cache key (data pointers, versions)
         # would break the graph at every block.
         cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_compiling()
-        if not cacheable:
+        weights_key = cache_key(table, self.attn_mask) if cacheable else None
+        if weights_key is None:
             return self._compute_bias(height, width, device)
-        key = (height, width, str(device), table._version, table.data_ptr(),
-               None if self.attn_mask is None else (self.attn_mask._version, self.attn_mask.data_ptr()))
+        key = (height, width, str(device), weights_key)
         cached = self._bias_cache.get(key)  # one lookup: safe when threads share the model
         if cached is None:
             cached = self._compute_bias(height, width, device)
