@@ -87,13 +87,17 @@ def is_compiling() -> bool:
 
 def cache_key(*tensors: torch.Tensor | None) -> tuple | None:
     """A key that changes when any of ``tensors`` is replaced or modified in place (storage, version counter), for
-    caching values derived from weights; None where that cannot be told: inference tensors (models built inside
-    ``torch.inference_mode()``, as ComfyUI runs its nodes) have no version counter, so such values are recomputed."""
+    caching values derived from weights; None when such values must be recomputed instead: while autograd tracks
+    the tensors (training needs the graph), under torch.compile (the key would break the graph), and for inference
+    tensors (models built inside ``torch.inference_mode()``, as ComfyUI runs its nodes), which have no version
+    counter."""
+    if is_compiling():
+        return None
     key = []
     for tensor in tensors:
         if tensor is None:
             key.append(None)
-        elif tensor.is_inference():
+        elif tensor.is_inference() or (tensor.requires_grad and torch.is_grad_enabled()):
             return None
         else:
             key.append((tensor.data_ptr(), tensor._version, tensor.dtype, tensor.device))
@@ -126,8 +130,7 @@ class NearestUpsampleConv(nn.Module):
     def folded_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(4 * out, in, 2, 2) kernel, phases (a, b) row-major, and the bias repeated per phase."""
         weight, bias = self.conv.weight, self.conv.bias
-        trainable = torch.is_grad_enabled() and weight.requires_grad
-        key = None if trainable or is_compiling() else cache_key(weight, bias)
+        key = cache_key(weight, bias)
         if key is not None:
             cached = self._folded
             if cached is not None and cached[0] == key:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GroupNorm32, PointwiseConv2d, cache_key, is_channels_last, is_compiling
+from .layers import GroupNorm32, PointwiseConv2d, cache_key, is_channels_last
 
 MASK_VALUE = -100.0  # the official additive value for token pairs of different regions
 
@@ -151,12 +151,8 @@ class SwinTransformerBlock(nn.Module):
 
     def attention_bias(self, height: int, width: int, device: torch.device) -> torch.Tensor:
         """(nW or 1, heads, w², w²) float32 bias for a map of this size; cached while the weights are unchanged."""
-        table = self.attn.relative_position_bias_table
-        # Under torch.compile the bias is traced into the graph instead: the cache key (data pointers, versions)
-        # would break the graph at every block.
-        cacheable = not (torch.is_grad_enabled() and table.requires_grad) and not is_compiling()
-        weights_key = cache_key(table, self.attn_mask) if cacheable else None
-        if weights_key is None:
+        weights_key = cache_key(self.attn.relative_position_bias_table, self.attn_mask)
+        if weights_key is None:  # training, torch.compile (traced into the graph), inference tensors
             return self._compute_bias(height, width, device)
         key = (height, width, str(device), weights_key)
         cached = self._bias_cache.get(key)  # one lookup: safe when threads share the model
