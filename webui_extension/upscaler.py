@@ -1,0 +1,232 @@
+"""``UpscalerResShift``: one WebUI upscaler entry per x4 ResShift / SinSR release.
+
+Every entry runs the core exactly once per image (x4, padding and cropping inside the core); a requested scale below
+4 is reached by one run and a Lanczos down-scale, a scale above 4 is refused with a message instead of running the
+model again on its own output. Errors are raised, never replaced by a Lanczos image.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+import torch
+from PIL import Image
+
+from modules import devices, modelloader, shared
+from modules.upscaler import LANCZOS, Upscaler, UpscalerData
+
+import resshift_core as rc
+from resshift_core.hub import fetch_file
+from resshift_core.images import pil_to_tensor, tensor_to_pil
+from resshift_core.pipeline import parse_dtype
+from resshift_core.releases import (AUTOENCODERS, LICENSE_URL, WEIGHTS_LICENSE, autoencoder_for_file_name,
+                                    release_for_file_name)
+
+from . import forge, progress, settings
+
+logger = logging.getLogger(__name__)
+
+NAME = "ResShift"
+DEVICE_TASK = "resshift"  # --use-cpu resshift (or all) keeps it on the CPU in A1111
+MODEL_EXTENSIONS = [".pth", ".safetensors"]
+
+# Menu order and names; every release here is x4 super-resolution.
+ENTRIES = (
+    ("realsr-v3", "ResShift 4x real-world v3"),
+    ("realsr-v1", "ResShift 4x real-world v1"),
+    ("realsr-v2", "ResShift 4x real-world v2"),
+    ("bicsr", "ResShift 4x bicubic"),
+    ("sinsr-v1", "SinSR 4x v1"),
+    ("sinsr-v2", "SinSR 4x v2"),
+)
+
+
+class UpscalerResShift(Upscaler):
+    """The WebUI's ``load_upscalers`` builds it with the ``--resshift-models-path`` value (or None)."""
+
+    def __init__(self, dirname: str | None = None):
+        self.name = NAME
+        self.user_path = dirname
+        super().__init__(False)
+        self._lock = threading.Lock()
+        self._pipeline = None
+        self._pipeline_key = None
+        local = self.local_files()
+        self.scalers = []
+        for release_name, entry_name in ENTRIES:
+            release = rc.get_release(release_name)
+            path = local.get(release.file_name, release.url)
+            self.scalers.append(UpscalerData(entry_name, path, self, release.scale))
+
+    # ------------------------------------------------------------------------------------------------ files
+    def model_folders(self) -> list[str]:
+        """Where model files are looked for, first the preload path, then models/ResShift."""
+        return [folder for folder in (self.user_path, self.model_path) if folder]
+
+    def download_folder(self) -> str:
+        return self.model_download_path or self.user_path or self.model_path
+
+    def local_files(self) -> dict[str, str]:
+        """Official file name -> path of every known UNet / autoencoder file in the model folders (a converted
+        ``.safetensors`` counts for the official ``.pth`` of the same stem)."""
+        found: dict[str, str] = {}
+        for path in self.find_models(ext_filter=MODEL_EXTENSIONS):
+            if "://" in path:
+                continue
+            release = release_for_file_name(path)
+            autoencoder = autoencoder_for_file_name(path)
+            official = release.file_name if release else autoencoder.file_name if autoencoder else None
+            if official:
+                found.setdefault(official, path)
+        return found
+
+    def release_files(self, release) -> tuple[str, str]:
+        """Paths of a release's UNet and autoencoder, downloading what is missing through the WebUI's downloader
+        when the settings allow it; otherwise the core's message says what to download and where to put it."""
+        autoencoder = AUTOENCODERS[release.autoencoder]
+        wanted = [(release.file_name, release.url), (autoencoder.file_name, autoencoder.url)]
+        local = self.local_files()
+        folder = self.download_folder()
+        for file_name, url in wanted:
+            if file_name in local:
+                continue
+            if settings.value(shared.opts, "resshift_download"):
+                logger.info("downloading %s for %s (weights under the %s: %s)", file_name, release.name,
+                            WEIGHTS_LICENSE, LICENSE_URL)
+                try:
+                    local[file_name] = modelloader.load_file_from_url(url, model_dir=folder, file_name=file_name)
+                    continue
+                except (OSError, RuntimeError, ValueError) as error:
+                    logger.warning("could not download %s: %s", url, error)
+                    self._raise_missing(file_name, url, folder, error)
+            self._raise_missing(file_name, url, folder, None)
+        return local[release.file_name], local[autoencoder.file_name]
+
+    @staticmethod
+    def _raise_missing(file_name: str, url: str, folder: str, cause: BaseException | None):
+        """Raise the core's offline error for a file that is not in ``folder`` (its wording says where from and
+        where to)."""
+        fetch_file(file_name, url, cache_dir=folder, download=False)
+        raise rc.ResShiftError(f"{file_name} could not be found in {folder}") from cause  # appeared meanwhile
+
+    # ---------------------------------------------------------------------------------------------- running
+    def load_model(self, path: str):
+        """The WebUI's hook; ``path`` is an entry's data path (a local file or the release URL)."""
+        release = self.release_for(path)
+        return self.pipeline_for(release, self.device_and_dtype())
+
+    @staticmethod
+    def release_for(data_path: str | None):
+        release = release_for_file_name(data_path or "")
+        if release is None:
+            raise rc.ResShiftError(f"{data_path!r} is not a ResShift release file; pick one of the ResShift entries "
+                                   f"of the upscaler list")
+        return release
+
+    @staticmethod
+    def device_and_dtype() -> tuple[torch.device, torch.dtype]:
+        device = devices.get_device_for(DEVICE_TASK)
+        choice = settings.value(shared.opts, "resshift_dtype")
+        if choice == "Automatic":
+            half = torch.device(device).type != "cpu" and not shared.cmd_opts.no_half
+            choice = "float16" if half else "float32"
+        return torch.device(device), parse_dtype(choice)
+
+    def pipeline_for(self, release, device_dtype):
+        """The loaded pipeline for a release (kept between images unless the settings say otherwise)."""
+        device, dtype = device_dtype
+        unet_path, autoencoder_path = self.release_files(release)
+        key = (unet_path, autoencoder_path, str(device), str(dtype))
+        if self._pipeline_key != key:
+            self.unload()
+            # Under --lowvram / --medvram the networks wait on the CPU and visit the device only while they run.
+            home = "cpu" if self.offload() else device
+            self._pipeline = rc.ResShiftPipeline.from_files(unet_path, autoencoder_path, release=release,
+                                                            device=home, dtype=dtype)
+            self._pipeline_key = key
+        return self._pipeline
+
+    @staticmethod
+    def offload() -> bool:
+        return bool(getattr(shared.cmd_opts, "lowvram", False) or getattr(shared.cmd_opts, "medvram", False))
+
+    def unload(self) -> None:
+        self._pipeline = None
+        self._pipeline_key = None
+        devices.torch_gc()
+
+    def upscale(self, img: Image.Image, scale: float, selected_model: str | None = None) -> Image.Image:
+        """One model run (exactly x4), then a Lanczos down-scale to the WebUI's target when it is smaller."""
+        self.scale = scale
+        target_w = int((img.width * scale) // 8 * 8)  # the WebUI's own target rule (multiples of 8)
+        target_h = int((img.height * scale) // 8 * 8)
+        if img.width >= target_w and img.height >= target_h and scale != 1:
+            return img.resize((target_w, target_h), resample=LANCZOS)  # a down-scale needs no model
+        factor = self.release_for(selected_model).scale
+        if target_w > img.width * factor or target_h > img.height * factor:
+            raise rc.ResShiftError(
+                f"ResShift upscales by exactly {factor} in one run; {img.width}x{img.height} to {target_w}x{target_h} "
+                f"is x{scale:g}. Choose a scale of at most {factor}, or upscale the result again in a second step")
+        if shared.state.interrupted:
+            raise rc.CancelledError("the run was interrupted before it started")
+        result = self.do_upscale(img, selected_model)
+        if result.size != (target_w, target_h):
+            result = result.resize((target_w, target_h), resample=LANCZOS)
+        return result
+
+    def do_upscale(self, img: Image.Image, selected_model: str | None) -> Image.Image:
+        """(W, H) PIL image -> (4W, 4H) PIL image of the same mode family (RGBA keeps its alpha)."""
+        release = self.release_for(selected_model)
+        device_dtype = self.device_and_dtype()
+        seed = int(settings.value(shared.opts, "resshift_seed"))
+        if seed < 0:
+            seed = random.randrange(2 ** 31 - 1)
+        with self._lock:
+            pipe = self.pipeline_for(release, device_dtype)
+            forge.free_memory_for(pipe, img.height, img.width)
+            lr = pil_to_tensor(img)
+            alpha = img.getchannel("A") if "A" in img.getbands() else None
+            try:
+                if self.offload():
+                    pipe.to(device_dtype[0])
+                with progress.Bridge(shared.state) as bridge:
+                    hr = pipe.upscale(lr, seed=seed, callback=bridge.on_step, cancel=bridge.should_stop,
+                                      **self.tiling())
+            except rc.CancelledError:
+                if shared.state.skipped and not shared.state.interrupted:
+                    return img  # the WebUI discards a skipped image
+                raise
+            finally:
+                if self.offload() and self._pipeline is not None:
+                    self._pipeline.to("cpu")
+                if not settings.value(shared.opts, "resshift_keep_loaded"):
+                    self.unload()
+                else:
+                    devices.torch_gc()
+        result = tensor_to_pil(hr)[0]
+        if alpha is not None:
+            result.putalpha(upscale_alpha(alpha, result.width, result.height))
+        progress.record_seed(shared.state, seed)
+        return result
+
+    @staticmethod
+    def tiling() -> dict:
+        tile_size = int(settings.value(shared.opts, "resshift_tile_size"))
+        if tile_size <= 0:
+            return {"tiling": "off"}
+        return {"tiling": "auto", "tile_size": tile_size,
+                "tile_overlap": int(settings.value(shared.opts, "resshift_tile_overlap"))}
+
+
+def upscale_alpha(alpha: Image.Image, width: int, height: int) -> Image.Image:
+    """An 'L' alpha channel resized to the result (the core's rule when it has one, else bicubic)."""
+    core_rule = getattr(rc, "upscale_alpha", None)
+    if core_rule is not None:
+        import numpy as np
+
+        values = np.asarray(alpha, dtype=np.float32) / 255.0
+        resized = np.asarray(core_rule(values, width, height), dtype=np.float32)
+        return Image.fromarray((resized.clip(0, 1) * 255).round().astype("uint8"), "L")
+    return alpha.resize((width, height), resample=Image.BICUBIC)
