@@ -6,34 +6,56 @@ Quick use::
     pipe = ResShiftPipeline.from_release("realsr-v3")          # downloads the official weights on first use
     hr = pipe.upscale(lr, seed=12345)                          # (B, 3, H, W) in [0, 1] -> (B, 3, 4H, 4W)
 
+For hosts (ComfyUI, the WebUI, a training run), the same from pieces::
+
+    unet = load_model("resshift_realsrx4_s4_v3.pth")           # a ModelDescriptor: kind, release, schedule, ...
+    vae = load_model("autoencoder_vq_f4.pth", expect="autoencoder")
+    pipe = ResShiftPipeline.from_loaded(unet, vae, device="cuda", dtype="fp16")
+    needed = pipe.working_memory(512, 512)                     # bytes beyond the weights for a 512 px input
+
 The official weights are under the S-Lab License 1.0 (non-commercial use); see ``resshift_core.releases``.
 This package imports no host application (ComfyUI, WebUI, gradio); the plugins are thin layers over it.
 """
 
+from .checkpoints import CheckpointIdentity, identify_checkpoint, save_autoencoder, save_unet
+from .download import ChecksumError, DownloadError, OfflineError
 from .errors import (
-                     CancelledError,
-                     CheckpointError,
-                     CorruptCheckpointError,
-                     InputImageError,
-                     ResShiftError,
-                     UnknownCheckpointError,
-                     UnknownScheduleError,
-                     UnsafeCheckpointError,
-                     WrongModelKindError,
+    PYTHON_API,
+    CancelledError,
+    CheckpointError,
+    CorruptCheckpointError,
+    InputImageError,
+    InvalidArgumentError,
+    ResShiftError,
+    UnknownCheckpointError,
+    UnknownScheduleError,
+    UnsafeCheckpointError,
+    Vocabulary,
+    WrongModelKindError,
 )
+from .hub import fetch_release_files
+from .imageio import DecodedImage, encode_image, read_image, upscale_alpha, write_image
+from .models import ModelDescriptor, load_model
 from .nets import ResShiftUNet, UNetConfig, VQAutoencoder, VQConfig
-from .pipeline import ResShiftPipeline
-from .releases import AUTOENCODERS, DEFAULT_RELEASE, RELEASES, get_release
+from .pipeline import ResShiftLatent, ResShiftPipeline
+from .planning import RunPlan
+from .releases import AUTOENCODERS, DEFAULT_RELEASE, DEFAULT_SEED, LICENSE_URL, RELEASES, WEIGHTS_LICENSE, Release, \
+    get_release
 from .runtime import tune_cpu_allocator
 from .sampler import NoiseSource, StepProgress
 from .schedule import Schedule, ScheduleParams
+from .tiling import TileSettings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "AUTOENCODERS", "DEFAULT_RELEASE", "RELEASES", "CancelledError", "CheckpointError", "CorruptCheckpointError",
-    "InputImageError", "NoiseSource", "ResShiftError", "ResShiftPipeline", "ResShiftUNet", "Schedule",
-    "ScheduleParams", "StepProgress", "UNetConfig", "UnknownCheckpointError", "UnknownScheduleError",
-    "UnsafeCheckpointError", "VQAutoencoder", "VQConfig", "WrongModelKindError", "get_release",
-    "tune_cpu_allocator",
+    "AUTOENCODERS", "DEFAULT_RELEASE", "DEFAULT_SEED", "LICENSE_URL", "PYTHON_API", "RELEASES", "WEIGHTS_LICENSE",
+    "CancelledError", "CheckpointError", "CheckpointIdentity", "ChecksumError", "CorruptCheckpointError",
+    "DecodedImage", "DownloadError", "InputImageError", "InvalidArgumentError", "ModelDescriptor", "NoiseSource",
+    "OfflineError", "Release", "ResShiftError", "ResShiftLatent", "ResShiftPipeline", "ResShiftUNet", "RunPlan",
+    "Schedule", "ScheduleParams", "StepProgress", "TileSettings", "UNetConfig", "UnknownCheckpointError",
+    "UnknownScheduleError", "UnsafeCheckpointError", "VQAutoencoder", "VQConfig", "Vocabulary",
+    "WrongModelKindError", "encode_image", "fetch_release_files", "get_release", "identify_checkpoint",
+    "load_model", "read_image", "save_autoencoder", "save_unet", "tune_cpu_allocator", "upscale_alpha",
+    "write_image",
 ]

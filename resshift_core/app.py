@@ -414,23 +414,13 @@ class UpscaleService:
             mask_image = mask_image.convert("L")
         elif mask is not None:
             notes.append("the mask was ignored (only the inpainting models use one)")
-        if "A" in picture.getbands() or picture.mode == "P" and "transparency" in picture.info:
-            notes.append("the alpha channel was dropped")
 
         width, height = picture.size
         chopping = chop is not None and (width > chop or height > chop)
-        latent_tiles = [1]
 
         def on_step(step) -> None:
-            total = step.total_tiles * step.total_steps
-            if chopping:  # official patches: one complete run per patch, one after the other
-                done = (step.tile - 1) * step.total_steps + step.step
-                where = f", patch {step.tile}/{step.total_tiles}"
-            else:  # latent tiles: every step visits all the tiles
-                done = (step.step - 1) * step.total_tiles + step.tile
-                latent_tiles[0] = max(latent_tiles[0], step.total_tiles)
-                where = f", tile {step.tile}/{step.total_tiles}" if step.total_tiles > 1 else ""
-            report(min(1.0, done / total), f"step {step.step}/{step.total_steps}{where}")
+            where = {"encode": "encoding", "decode": "decoding"}.get(step.phase, f"step {step.step}/{step.total_steps}")
+            report(step.fraction, f"{where} ({step.done}/{step.total} network calls)")
 
         run_lock = self.pipelines.run_lock(choice)
         if not run_lock.acquire(blocking=False):
@@ -447,7 +437,7 @@ class UpscaleService:
             logger.info("job finished: %dx%d in %.1f s", width, height, seconds)
         finally:
             run_lock.release()
-        result = outputs[0]
+        result = outputs  # one PIL image in, one out (alpha kept)
         report(1.0, "saving the PNG")
 
         self.prune_outputs()
@@ -471,8 +461,8 @@ class UpscaleService:
             stride_used = stride or chop - chop // 8
             count = len(chop_starts(height, chop, stride_used)) * len(chop_starts(width, chop, stride_used))
             tiles = f", {count} patches of {chop} px"
-        elif latent_tiles[0] > 1:
-            tiles = f", {latent_tiles[0]} latent tiles"
+        elif pipe.last_plan is not None and not pipe.last_plan.is_official:
+            tiles = f", {pipe.last_plan.describe()}"
         summary = (f"**{label}**, seed {used_seed}: {width}x{height} → {result.size[0]}x{result.size[1]} in "
                    f"{seconds:.1f} s on {pipe.device} ({self.settings.dtype}{tiles})")
         if notes:

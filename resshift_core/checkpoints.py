@@ -20,7 +20,7 @@ import re
 import struct
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ from .errors import (
 )
 from .nets.unet import ResShiftUNet, UNetConfig
 from .nets.vqgan import VQAutoencoder, VQConfig
-from .releases import RELEASES, Release, get_release, release_for_file_name
+from .releases import RELEASES, Release, autoencoder_for_file_name, get_release, release_for_file_name
 from .schedule import ScheduleParams
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ UNET_KIND, AUTOENCODER_KIND = "unet", "autoencoder"
 class RawCheckpoint:
     """Tensors of one file after unwrapping, plus what the file says about itself."""
 
-    path: Path
+    path: Path | None
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
 
@@ -336,38 +336,19 @@ def load_into(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path:
     model.load_state_dict(tensors, strict=True)
 
 
-def _wrong_kind_message(path: Path, found: str, wanted: str) -> str:
+def _wrong_kind_message(path: Path | None, found: str, wanted: str) -> str:
     what = {UNET_KIND: "the ResShift UNet (diffusion network)", AUTOENCODER_KIND: "the VQ autoencoder"}
-    inputs = {UNET_KIND: "the UNet / model input", AUTOENCODER_KIND: "the autoencoder / VAE input"}
-    return (f"{_describe(path)} looks like {what[found]}, but {what[wanted]} was expected here: "
-            f"connect it to {inputs[found]} instead")
+    where = _describe(path) if path else "this state dict"
+    return (f"{where} looks like {what[found]}, but {what[wanted]} was expected here: "
+            f"give it as {{arg:{found}}} instead")
 
 
-def _unknown_message(path: Path, tensors: Mapping) -> str:
+def _unknown_message(path: Path | None, tensors: Mapping) -> str:
     sample = ", ".join(list(tensors)[:4])
-    return (f"{_describe(path)} is neither a ResShift UNet nor its VQ autoencoder (first keys: {sample}). Expected an "
+    where = _describe(path) if path else "this state dict"
+    return (f"{where} is neither a ResShift UNet nor its VQ autoencoder (first keys: {sample}). Expected an "
             f"official ResShift/SinSR file such as resshift_realsrx4_s4_v3.pth or autoencoder_vq_f4.pth, or a "
             f".safetensors file converted from one")
-
-
-def _read_expecting(path: str | os.PathLike, wanted: str) -> RawCheckpoint:
-    """Read a file that should hold ``wanted`` ('unet' or 'autoencoder'); say so clearly when it holds the other."""
-    raw = read_checkpoint(path)
-    kind = detect_kind(raw.tensors)
-    if kind is None:
-        raise UnknownCheckpointError(_unknown_message(raw.path, raw.tensors))
-    if kind != wanted:
-        raise WrongModelKindError(_wrong_kind_message(raw.path, kind, wanted))
-    return raw
-
-
-@dataclass
-class LoadedUNet:
-    model: ResShiftUNet
-    release: Release | None
-    schedule: ScheduleParams | None
-    one_step: bool
-    path: Path
 
 
 def _metadata_json(metadata: Mapping[str, str], key: str):
@@ -375,42 +356,159 @@ def _metadata_json(metadata: Mapping[str, str], key: str):
     return None if value is None else json.loads(value)
 
 
-def load_unet(path: str | os.PathLike, release: str | Release | None = None) -> LoadedUNet:
-    """Load a UNet file; identify its release (argument > file metadata > official file name).
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """What a checkpoint is, decided in one place (:func:`identify_checkpoint`).
 
-    The schedule is ``None`` when it cannot be known (an unknown file without metadata); the caller must then ask
-    for a release name (see :func:`resolve_schedule`).
+    Attributes:
+        kind: ``"unet"``, ``"autoencoder"``, or None for a file of neither kind.
+        config: the architecture inferred from tensor shapes (UNetConfig / VQConfig), None when unknown.
+        path: the file, or None for a state dict.
+        metadata: the safetensors metadata (empty for .pth files).
+        release: the release it belongs to (UNet), when known.
+        release_source: how the release was decided: ``"argument"``, ``"metadata"`` or ``"file name"``.
+        schedule: its noise schedule (UNet), None when it cannot be known.
+        one_step: SinSR-style single network call.
+        scale: output / input size, when known without the autoencoder.
+        task: ``"sr"``, ``"inpaint"`` or ``"faceir"`` (UNet).
+        latent_space: False for a pixel-space UNet (no autoencoder); True otherwise.
+        autoencoder: for a UNet, the name of the autoencoder it needs (key of ``AUTOENCODERS``) when known; for an
+            autoencoder, its own name when known.
+        tile_size: the UNet tile its author recommends (latent pixels; files from our trainer: the training crop).
+        matches_release: for an identified UNet, whether its architecture is that of the release.
     """
-    raw = _read_expecting(path, UNET_KIND)
-    meta_config = _metadata_json(raw.metadata, "unet_config")
-    hint = meta_config.get("image_size") if meta_config else None
-    try:
-        config = infer_unet_config(raw.tensors, image_size_hint=hint)
-    except (KeyError, IndexError, TypeError, ZeroDivisionError) as error:
-        raise UnknownCheckpointError(f"{_describe(raw.path)} has UNet keys but an unexpected layout "
-                                     f"(missing {error}); it is not a ResShift UNet this project knows") from error
-    model = ResShiftUNet(config)
-    load_into(model, raw.tensors, raw.path)
-    model.eval().requires_grad_(False)
 
-    found: Release | None
+    kind: str | None
+    config: UNetConfig | VQConfig | None
+    path: Path | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    release: Release | None = None
+    release_source: str | None = None
+    schedule: ScheduleParams | None = None
+    one_step: bool = False
+    scale: int | None = None
+    task: str | None = None
+    latent_space: bool = True
+    autoencoder: str | None = None
+    tile_size: int | None = None
+    matches_release: bool | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else "state dict"
+
+
+def _infer_config(raw: RawCheckpoint, kind: str) -> UNetConfig | VQConfig:
+    try:
+        if kind == UNET_KIND:
+            meta_config = _metadata_json(raw.metadata, "unet_config")
+            return infer_unet_config(raw.tensors, image_size_hint=meta_config.get("image_size") if meta_config
+                                     else None)
+        return infer_vq_config(raw.tensors)
+    except (KeyError, IndexError, TypeError, ZeroDivisionError) as error:
+        what = "UNet" if kind == UNET_KIND else "autoencoder"
+        raise UnknownCheckpointError(f"{_describe(raw.path) if raw.path else 'this state dict'} has {what} keys but "
+                                     f"an unexpected layout (missing {error}); it is not a ResShift {what} this "
+                                     f"project knows") from error
+
+
+def _architecture_matches(release: Release, config: UNetConfig) -> bool:
+    expected = release.unet
+    return ((expected.in_channels, expected.model_channels, expected.channel_mult, expected.feature_stages,
+             expected.cond_mask) == (config.in_channels, config.model_channels, config.channel_mult,
+                                     config.feature_stages, config.cond_mask))
+
+
+def _identify_raw(raw: RawCheckpoint, release: str | Release | None = None) -> CheckpointIdentity:
+    """Identify canonical tensors: kind, architecture, release (argument > metadata > official file name),
+    schedule (argument's release > metadata > identified release) and what the metadata says of itself."""
+    kind = detect_kind(raw.tensors)
+    if kind is None:
+        return CheckpointIdentity(None, None, raw.path, raw.metadata)
+    config = _infer_config(raw, kind)
+    meta = raw.metadata
+    file_name = raw.path.name if raw.path is not None else ""
+    if kind == AUTOENCODER_KIND:
+        found = autoencoder_for_file_name(file_name) if file_name else None
+        name = meta.get(METADATA_PREFIX + "autoencoder") or (found.name if found else None)
+        return CheckpointIdentity(kind, config, raw.path, meta, autoencoder=name)
+
+    found, source = None, None
     if isinstance(release, Release):
-        found = release
+        found, source = release, "argument"
     elif release:
-        found = get_release(release)
-    elif METADATA_PREFIX + "release" in raw.metadata and raw.metadata[METADATA_PREFIX + "release"]:
-        found = get_release(raw.metadata[METADATA_PREFIX + "release"])
-    else:
-        found = release_for_file_name(raw.path.name)
-    schedule_values = _metadata_json(raw.metadata, "schedule")
-    if schedule_values and not release:
+        found, source = get_release(release), "argument"
+    elif meta.get(METADATA_PREFIX + "release"):
+        found, source = get_release(meta[METADATA_PREFIX + "release"]), "metadata"
+    elif file_name:
+        found = release_for_file_name(file_name)
+        source = "file name" if found else None
+    schedule_values = _metadata_json(meta, "schedule")
+    if schedule_values and source != "argument":
         schedule = ScheduleParams.from_dict(schedule_values)
     else:
         schedule = found.schedule if found else None
-    one_step = found.one_step if found else raw.metadata.get(METADATA_PREFIX + "one_step") == "true"
-    if found is not None:
-        _check_release_fits(found, config, raw.path)
-    return LoadedUNet(model, found, schedule, one_step, raw.path)
+    one_step = found.one_step if found else meta.get(METADATA_PREFIX + "one_step") == "true"
+    latent_space = meta.get(METADATA_PREFIX + "space", "latent") != "pixel"
+    scale = found.scale if found else (int(meta[METADATA_PREFIX + "scale"]) if METADATA_PREFIX + "scale" in meta
+                                       else None)
+    task = found.task if found else meta.get(METADATA_PREFIX + "task") or ("inpaint" if config.cond_mask else "sr")
+    autoencoder = (found.autoencoder if found else meta.get(METADATA_PREFIX + "autoencoder")) if latent_space else None
+    tile_size = int(meta[METADATA_PREFIX + "tile_size"]) if METADATA_PREFIX + "tile_size" in meta else None
+    matches = _architecture_matches(found, config) if found else None
+    if matches is False:
+        logger.warning("%s was taken for release %s but its architecture differs from that release's; the "
+                       "release's schedule is used anyway", raw.path or "the state dict", found.name)
+    return CheckpointIdentity(kind, config, raw.path, meta, found, source, schedule, one_step, scale, task,
+                              latent_space, autoencoder, tile_size, matches)
+
+
+def as_raw_checkpoint(source: str | os.PathLike | Mapping, name: str | None = None) -> RawCheckpoint:
+    """A file path (read safely) or a state dict a host already holds (canonicalised) as canonical tensors."""
+    if isinstance(source, Mapping):
+        path = Path(name) if name else None
+        return RawCheckpoint(path, canonicalize(source, path), {})
+    return read_checkpoint(source)
+
+
+def identify_checkpoint(source: str | os.PathLike | Mapping, *, release: str | Release | None = None,
+                        name: str | None = None) -> CheckpointIdentity:
+    """What a checkpoint file (or a state dict) is: the one place that decides kind, architecture and release.
+
+    Args:
+        source: a file path (``.safetensors``, or ``.pth`` read with ``weights_only``), or a state dict.
+        release: a release name the user gives (wins over metadata and file name).
+        name: for a state dict, the file name it came from (identifies official files by name).
+    Raises:
+        CheckpointError subclasses for unreadable, unsafe or damaged files.
+    """
+    return _identify_raw(as_raw_checkpoint(source, name), release)
+
+
+def _read_expecting(path: str | os.PathLike, wanted: str) -> RawCheckpoint:
+    """Read a file that should hold ``wanted`` ('unet' or 'autoencoder'); say so clearly when it holds the other."""
+    raw = read_checkpoint(path)
+    check_kind(raw, detect_kind(raw.tensors), wanted)
+    return raw
+
+
+def check_kind(raw: RawCheckpoint, kind: str | None, wanted: str | None) -> None:
+    """Raise the clear error for a file of no known kind, or of the other kind than ``wanted``."""
+    if kind is None:
+        raise UnknownCheckpointError(_unknown_message(raw.path, raw.tensors))
+    if wanted is not None and kind != wanted:
+        raise WrongModelKindError(_wrong_kind_message(raw.path, kind, wanted), found=kind, expected=wanted)
+
+
+def load_unet(path: str | os.PathLike, release: str | Release | None = None):
+    """Load a UNet file; returns its :class:`~resshift_core.models.ModelDescriptor` (``.model`` is the network).
+
+    The schedule is ``None`` when it cannot be known (an unknown file without metadata); see
+    :func:`resolve_schedule`.
+    """
+    from .models import load_model
+
+    return load_model(path, expect=UNET_KIND, release=release)
 
 
 def expected_payload_bytes(config: UNetConfig | VQConfig) -> int:
@@ -428,51 +526,56 @@ def size_matches(path: Path, config: UNetConfig | VQConfig) -> bool:
     return payload <= size <= payload * 1.02 + (1 << 20)
 
 
-def _check_release_fits(release: Release, config: UNetConfig, path: Path) -> None:
-    expected = release.unet
-    if (expected.in_channels, expected.model_channels, expected.channel_mult, expected.lq_size // expected.image_size,
-            expected.cond_mask) != (config.in_channels, config.model_channels, config.channel_mult,
-                                    config.lq_size // config.image_size, config.cond_mask):
-        logger.warning("%s was taken for release %s but its architecture differs from that release's; "
-                       "the release's schedule is used anyway", path, release.name)
-
-
 def load_autoencoder(path: str | os.PathLike) -> VQAutoencoder:
-    """Load a VQ autoencoder file (raises WrongModelKindError for a UNet file)."""
-    raw = _read_expecting(path, AUTOENCODER_KIND)
-    try:
-        config = infer_vq_config(raw.tensors)
-    except (KeyError, IndexError) as error:
-        raise UnknownCheckpointError(f"{_describe(raw.path)} has autoencoder keys but an unexpected layout "
-                                     f"(missing {error})") from error
-    model = VQAutoencoder(config)
-    load_into(model, raw.tensors, raw.path)
-    return model.eval().requires_grad_(False)
+    """Load a VQ autoencoder file; returns the network (raises WrongModelKindError for a UNet file)."""
+    from .models import load_model
+
+    return load_model(path, expect=AUTOENCODER_KIND).network
 
 
-def resolve_schedule(loaded: LoadedUNet) -> ScheduleParams:
-    """The schedule of a loaded UNet, or a clear error asking for the release name."""
+def resolve_schedule(loaded) -> ScheduleParams:
+    """The schedule of a loaded UNet (a descriptor or identity), or a clear error asking for the release name."""
     if loaded.schedule is not None:
         return loaded.schedule
+    where = _describe(loaded.path) if loaded.path else "this UNet"
     raise UnknownScheduleError(
-        f"the noise schedule of {_describe(loaded.path)} cannot be read from its weights (v1 and v3 have the same "
-        f"shapes but 15 vs 4 steps). Say which release it is (one of: {', '.join(RELEASES)}), e.g. "
-        f"--release realsr-v3, or convert it with `python -m resshift_core convert IN OUT --release NAME`")
+        f"the noise schedule of {where} cannot be read from its weights (v1 and v3 have the same shapes but 15 "
+        f"vs 4 steps). Say which release it is (one of: {', '.join(RELEASES)}), e.g. {{set:release=realsr-v3}}, "
+        f"or convert it once with `python -m resshift_core convert IN OUT --release NAME`",
+        choices=tuple(RELEASES))
 
 
 def save_unet(model: ResShiftUNet, path: str | os.PathLike, *, release: str | None = None,
-              schedule: ScheduleParams | None = None, one_step: bool = False) -> Path:
-    """Write a UNet as .safetensors with its architecture, release and schedule in the metadata."""
+              schedule: ScheduleParams | None = None, one_step: bool = False, scale: int | None = None,
+              latent_space: bool = True, autoencoder: str | None = None, tile_size: int | None = None,
+              task: str | None = None) -> Path:
+    """Write a UNet as .safetensors with what is needed to run it without further flags in the metadata.
+
+    Args:
+        release: the release it is (its schedule, scale, autoencoder and one-step flag are recorded too).
+        schedule, one_step, scale, task: for a UNet of no release (a model of one's own).
+        latent_space: False for a pixel-space model (it needs no autoencoder).
+        autoencoder: name of the autoencoder it was trained with (key of ``AUTOENCODERS``).
+        tile_size: the UNet tile to use by default (latent pixels), e.g. the training crop of a model whose
+            GroupNorm statistics were learnt on crops.
+    """
     from safetensors.torch import save_file
 
     metadata = {METADATA_PREFIX + "format_version": FORMAT_VERSION, METADATA_PREFIX + "kind": UNET_KIND,
-                METADATA_PREFIX + "unet_config": json.dumps(model.config.to_dict())}
+                METADATA_PREFIX + "unet_config": json.dumps(model.config.to_dict()),
+                METADATA_PREFIX + "space": "latent" if latent_space else "pixel"}
     if release:
-        metadata[METADATA_PREFIX + "release"] = release
-        schedule = schedule or get_release(release).schedule
-        one_step = one_step or get_release(release).one_step
-    if schedule:
-        metadata[METADATA_PREFIX + "schedule"] = json.dumps(schedule.to_dict())
+        known = get_release(release)
+        metadata[METADATA_PREFIX + "release"] = known.name
+        schedule = schedule or known.schedule
+        one_step = one_step or known.one_step
+        scale = scale or known.scale
+        autoencoder = autoencoder or known.autoencoder
+        task = task or known.task
+    optional = {"schedule": json.dumps(schedule.to_dict()) if schedule else None,
+                "scale": str(int(scale)) if scale else None, "autoencoder": autoencoder if latent_space else None,
+                "tile_size": str(int(tile_size)) if tile_size else None, "task": task}
+    metadata.update({METADATA_PREFIX + key: value for key, value in optional.items() if value is not None})
     metadata[METADATA_PREFIX + "one_step"] = "true" if one_step else "false"
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata=metadata)

@@ -573,13 +573,9 @@ class StepBar:
             return
         from tqdm import tqdm
 
-        total = progress.total_steps * progress.total_tiles
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.description, unit="step", leave=False, file=sys.stderr)
-        elif self.bar.total != total:
-            self.bar.total = total
-        done = (progress.tile - 1) * progress.total_steps + progress.step
-        self.bar.update(done - self.bar.n)
+            self.bar = tqdm(total=progress.total, desc=self.description, unit="call", leave=False, file=sys.stderr)
+        self.bar.update(progress.done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

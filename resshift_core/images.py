@@ -1,8 +1,10 @@
-"""Conversions between the formats hosts hand us and the pipeline's (B, 3, H, W) float tensors in [0, 1]."""
+"""Conversions between what the Python API is handed (tensors, PIL images) and the pipeline's (B, 3, H, W) float
+tensors in [0, 1]. Files are :mod:`resshift_core.imageio`'s business; PIL images are decoded by its rules."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -11,16 +13,12 @@ from .errors import InputImageError
 
 
 def pil_to_tensor(image) -> torch.Tensor:
-    """PIL image -> (1, 3, H, W) float32 in [0, 1] (grayscale and palette images become RGB, alpha is dropped;
-    16-bit images keep their precision)."""
-    mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float32) / (65535.0 if mode.startswith("I;16") or np.asarray(image).max()
-                                                       > 255 else 255.0)
-        array = np.repeat(array[..., None], 3, axis=2)
-    else:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0)
+    """PIL image -> (1, 3, H, W) float32 in [0, 1] by the rules of :mod:`resshift_core.imageio` (EXIF orientation
+    applied, grayscale and palette images become RGB, 16-bit grayscale keeps its precision); alpha is dropped."""
+    from .imageio import DecodedImage
+
+    rgb = DecodedImage.from_pil(image).rgb
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
 
 
 def tensor_to_pil(images: torch.Tensor) -> list:
@@ -31,6 +29,51 @@ def tensor_to_pil(images: torch.Tensor) -> list:
     return [Image.fromarray(a, mode="RGB") for a in array]
 
 
+def _is_pil(value) -> bool:
+    return hasattr(value, "mode") and hasattr(value, "size") and hasattr(value, "getbands")
+
+
+@dataclass
+class PilContext:
+    """What is needed to give PIL results back in the kind of their PIL inputs."""
+
+    sources: list
+    single: bool
+
+
+def prepare_input(images) -> tuple[torch.Tensor, PilContext | None]:
+    """User input -> ((B, 3, H, W) float in [0, 1], how to hand results back).
+
+    Tensors are validated by :func:`as_image_batch`; PIL images (one, or a list of one size) are decoded by the
+    rules of :mod:`resshift_core.imageio`, keeping their alpha, grayscale kind and colour profile for the output.
+    """
+    from .imageio import DecodedImage
+
+    single = _is_pil(images)
+    if single or (isinstance(images, Sequence) and images and all(_is_pil(i) for i in images)):
+        sources = [DecodedImage.from_pil(image) for image in ([images] if single else images)]
+        if len({(s.height, s.width) for s in sources}) != 1:
+            raise InputImageError("the images of one batch must have the same size; pass them one at a time")
+        batch = torch.from_numpy(np.stack([s.rgb for s in sources])).permute(0, 3, 1, 2).contiguous()
+        return as_image_batch(batch), PilContext(sources, single)
+    return as_image_batch(images), None
+
+
+def finish_output(result: torch.Tensor, context: PilContext | None):
+    """(B, 3, sH, sW) in [0, 1] -> the same tensor for tensor input; for PIL input one PIL image (a list for a
+    list) of the source's kind, its alpha upscaled bicubically."""
+    if context is None:
+        return result
+    from .imageio import to_pil, upscale_alpha
+
+    arrays = result.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    images = []
+    for rgb, source in zip(arrays, context.sources):
+        alpha = None if source.alpha is None else upscale_alpha(source.alpha, rgb.shape[1], rgb.shape[0])
+        images.append(to_pil(rgb, alpha, source))
+    return images[0] if context.single else images
+
+
 def as_image_batch(images, min_value_slack: float = 1e-3) -> torch.Tensor:
     """Validate and normalise user input to (B, 3, H, W) float in [0, 1].
 
@@ -39,13 +82,8 @@ def as_image_batch(images, min_value_slack: float = 1e-3) -> torch.Tensor:
     """
     if isinstance(images, torch.Tensor):
         batch = images
-    elif hasattr(images, "mode") and hasattr(images, "size"):
-        batch = pil_to_tensor(images)
-    elif isinstance(images, Sequence) and images and all(hasattr(i, "mode") for i in images):
-        tensors = [pil_to_tensor(i) for i in images]
-        if len({t.shape for t in tensors}) != 1:
-            raise InputImageError("the images of one batch must have the same size; pass them one at a time")
-        batch = torch.cat(tensors)
+    elif _is_pil(images) or (isinstance(images, Sequence) and images and all(_is_pil(i) for i in images)):
+        return prepare_input(images)[0]
     else:
         raise InputImageError(f"expected a (B, 3, H, W) tensor in [0, 1] or PIL image(s), got {type(images).__name__}")
     if batch.dim() == 3:

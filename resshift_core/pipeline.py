@@ -1,12 +1,18 @@
 """The public entry point: images in, upscaled (or restored) images out.
 
-    pipe = ResShiftPipeline.from_files("resshift_realsrx4_s4_v3.pth", "autoencoder_vq_f4.pth")
-    hr = pipe.upscale(lr, seed=12345)          # lr: (B, 3, H, W) float in [0, 1] -> (B, 3, 4H, 4W) in [0, 1]
+    unet, vae = load_model("resshift_realsrx4_s4_v3.pth"), load_model("autoencoder_vq_f4.pth")
+    pipe = ResShiftPipeline.from_loaded(unet, vae)     # or .from_files(...), .from_release("realsr-v3")
+    hr = pipe.upscale(lr, seed=12345)                  # lr: (B, 3, H, W) float in [0, 1] -> (B, 3, 4H, 4W) in [0, 1]
 
 One run (the official ``sample_func``): pad the LR image bottom/right to the padding multiple, up-sample it bicubically
 (x scale), encode it to the latent y, run the chain (``sampler.sample``), decode the final latent (quantised), crop
-and clamp. Images larger than a chop size can be processed in overlapping patches like the official code
-(``chop_size`` / ``chop_stride``: each patch is an independent run, results averaged uniformly).
+and clamp. The three stages are also public (:meth:`~ResShiftPipeline.encode_lr`,
+:meth:`~ResShiftPipeline.sample_latent`, :meth:`~ResShiftPipeline.decode_latent`) for hosts that let users mix them.
+Every run is planned first (:meth:`~ResShiftPipeline.plan`): its tiles, its number of network calls (the progress
+count) and its memory (:meth:`~ResShiftPipeline.estimate_memory`) come from one :class:`~resshift_core.planning.RunPlan`.
+
+Pixel-space models (no autoencoder; files from our trainer) run the same chain on the image itself: the "latent" is
+the up-sampled image in [-1, 1] and the LR condition is that same image.
 """
 
 from __future__ import annotations
@@ -20,31 +26,42 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import LoadedUNet, load_autoencoder, load_unet, resolve_schedule
-from .errors import InputImageError, ResShiftError
-from .images import as_image_batch, tensor_to_pil
+from .checkpoints import resolve_schedule
+from .errors import InputImageError, InvalidArgumentError, ResShiftError, WrongModelKindError
+from .images import as_image_batch, finish_output, prepare_input
+from .memory import available_memory, meta_copy, overhead_bytes, trace_run, weight_bytes
+from .models import ModelDescriptor, descriptor_for, load_model
 from .nets.unet import ResShiftUNet
 from .nets.vqgan import VQAutoencoder
-from .releases import Release
+from .planning import AUTO_COST_LIMIT, RunPlan, make_plan, plan_cost
+from .releases import AUTOENCODERS, Release
 from .sampler import CancelCheck, NoiseSource, ProgressCallback, StepProgress, check_cancel, sample
 from .schedule import Schedule, ScheduleParams
-from .tiling import Blender, plan_tiles, tiled_apply
+from .tiling import Blender, TileSettings, plan_tiles, tiled_apply, validate_chop
 
 logger = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
           "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+#: Share of the memory available before a run that "auto" lets an untiled run use.
+AUTO_MEMORY_SHARE = 0.75
+
+__all__ = ["DTYPES", "ResShiftLatent", "ResShiftPipeline", "TileSettings", "chop_starts", "pad_bottom_right",
+           "parse_dtype"]
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """"fp32" | "fp16" | "bf16" (or a torch dtype) -> torch dtype; None is float32."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise InvalidArgumentError("dtype", str(dtype), "float32, float16 or bfloat16")
         return dtype
     try:
-        return DTYPES[dtype.lower()]
+        return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ResShiftError(f"unknown dtype {dtype!r}; expected one of fp32, fp16, bf16") from None
+        raise InvalidArgumentError("dtype", dtype, "one of fp32, fp16, bf16") from None
 
 
 def pad_bottom_right(image: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -76,114 +93,186 @@ def chop_starts(length: int, chop_size: int, stride: int) -> list[int]:
     return list(dict.fromkeys(starts))
 
 
-@dataclass(frozen=True)
-class TileSettings:
-    """How large inputs are cut. Sizes are in latent pixels (= LR pixels for the x4 SR models).
-
-    Attributes:
-        mode: ``"auto"`` tiles whatever is larger than one tile, ``"off"`` never tiles (the official computation
-            whatever the size; the autoencoder's global attention then needs memory quadratic in the area),
-            ``"latent"`` always plans tiles (one tile when the image fits).
-        tile_size: largest UNet tile; the planner picks the size (a multiple of the UNet's latent multiple) that covers
-            the image with the least overlap work.
-        overlap: least overlap between neighbouring UNet tiles.
-        vae_tile_size, vae_overlap: the same for the autoencoder (latent pixels).
-        batch_size: UNet tiles run together (GPU).
-    """
-
-    mode: str = "auto"
-    tile_size: int = 256
-    overlap: int = 32
-    vae_tile_size: int = 80
-    vae_overlap: int = 8
-    batch_size: int = 1
-
-    @classmethod
-    def for_device(cls, device: torch.device, **overrides) -> TileSettings:
-        defaults = cls(batch_size=4, vae_tile_size=128) if device.type == "cuda" else cls()
-        values = {k: v for k, v in overrides.items() if v is not None}
-        if values.get("mode", defaults.mode) not in ("auto", "off", "latent"):
-            raise ResShiftError(f"tiling must be 'auto', 'off' or 'latent', got {values['mode']!r}")
-        return replace(defaults, **values)
-
-    def halved(self, multiple: int) -> TileSettings | None:
-        """Smaller tiles after an out-of-memory error, or None when they cannot shrink further."""
-        if self.batch_size > 1:
-            return replace(self, batch_size=self.batch_size // 2)
-        tile = max(multiple, (self.tile_size // 2) // multiple * multiple)
-        vae_tile = max(16, self.vae_tile_size // 2)
-        if tile == self.tile_size and vae_tile == self.vae_tile_size:
-            return None
-        return replace(self, mode="latent" if self.mode == "off" else self.mode, tile_size=tile,
-                       overlap=min(self.overlap, tile // 4), vae_tile_size=vae_tile,
-                       vae_overlap=min(self.vae_overlap, vae_tile // 4))
-
-
 def _is_out_of_memory(error: BaseException) -> bool:
     """A device allocation failure (CUDA raises OutOfMemoryError; other back-ends a RuntimeError saying so)."""
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(error, oom)) or "out of memory" in str(error).lower()
 
 
+@dataclass
+class ResShiftLatent:
+    """A batch between the stages of a run: :meth:`ResShiftPipeline.encode_lr` makes it, ``sample_latent`` turns
+    its ``latent`` from y into the sampled z0, ``decode_latent`` makes images of it.
+
+    Attributes:
+        latent: (B, C, h, w) float32: the LR latent y (``sampled`` False) or the sampled latent (True).
+        lr_m11: (B, 3, H', W') the padded LR image in [-1, 1] (the UNet's condition).
+        mask_m11: (B, 1, H', W') padded inpainting mask in [-1, 1] (+1 = fill), or None.
+        images: (B, 3, H, W) the input in [0, 1] (inpainting keeps its known pixels from it), or None.
+        plan: the run's plan (tiles, sizes, network calls).
+        sampled: whether the chain has run.
+    """
+
+    latent: torch.Tensor
+    lr_m11: torch.Tensor
+    mask_m11: torch.Tensor | None
+    images: torch.Tensor | None
+    plan: RunPlan
+    sampled: bool = False
+
+    @property
+    def height(self) -> int:
+        return self.plan.height
+
+    @property
+    def width(self) -> int:
+        return self.plan.width
+
+    def to(self, device: str | torch.device) -> ResShiftLatent:
+        move = (lambda t: None if t is None else t.to(device))  # noqa: E731
+        return replace(self, latent=move(self.latent), lr_m11=move(self.lr_m11), mask_m11=move(self.mask_m11),
+                       images=move(self.images))
+
+
+class _Progress:
+    """Counts the network calls of a run (monotone ``done`` of ``total``) and hands them to the callback."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int, to_rgb, patch: int = 1, patches: int = 1):
+        self.callback = callback
+        self.done = 0
+        self.total = total
+        self.to_rgb = to_rgb
+        self.patch, self.patches = patch, patches
+        self.step_end_units = 1  # units the end of the current denoising step reports (tiles not yet reported)
+
+    def advance(self, units: int, phase: str, **fields) -> None:
+        self.done = min(self.total, self.done + units)
+        if self.callback is not None:
+            fields.setdefault("tile", self.patch)
+            fields.setdefault("total_tiles", self.patches)
+            self.callback(StepProgress(self.done, self.total, phase, to_rgb=self.to_rgb, **fields))
+
+
 class ResShiftPipeline:
-    """A UNet, its autoencoder and its schedule, ready to run on a device in a dtype.
+    """A UNet, its autoencoder (none for pixel-space models) and its schedule, on a device in a dtype.
 
     Args:
         unet: the diffusion network.
-        autoencoder: the VQ autoencoder it was trained with.
+        autoencoder: the VQ autoencoder it was trained with; None for a pixel-space model.
         schedule: its noise schedule (see :mod:`resshift_core.releases`).
         scale: output / input size (4 for SR; 1 for inpainting and face restoration).
-        one_step: SinSR-style single network call.
+        one_step: SinSR-style single network call by default.
         release: the release it came from, if known.
         device, dtype: where and in which precision the networks run (latents and schedule math stay float32).
         padding_multiple: LR padding multiple; default the official one (the UNet's ``lq_size``).
         channels_last: store conv weights and feature maps (B, H, W, C) in memory. On by default: oneDNN and cuDNN
             run 3x3 convolutions 10-35% faster that way (no layout reorder around every conv); values agree with
             the NCHW run within float rounding.
+        tile_size: the UNet tile the model asks for (latent pixels; files from our trainer record the training crop,
+            whose GroupNorm statistics need tiles of that size). None: tile only for memory.
     """
 
-    def __init__(self, unet: ResShiftUNet, autoencoder: VQAutoencoder, schedule: ScheduleParams | Schedule,
+    def __init__(self, unet: ResShiftUNet, autoencoder: VQAutoencoder | None, schedule: ScheduleParams | Schedule,
                  scale: int, *, one_step: bool = False, release: Release | None = None,
                  device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                 padding_multiple: int | None = None, channels_last: bool = True):
+                 padding_multiple: int | None = None, channels_last: bool = True, tile_size: int | None = None):
         self.unet = unet.eval().requires_grad_(False)
-        self.autoencoder = autoencoder.eval().requires_grad_(False)
+        self.autoencoder = None if autoencoder is None else autoencoder.eval().requires_grad_(False)
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule)
         self.scale = int(scale)
         self.one_step = one_step
         self.release = release
-        self.padding_multiple = padding_multiple or unet.config.lq_size
-        if self.scale * 2 ** unet.config.feature_stages != autoencoder.downsample_factor:
-            raise ResShiftError(
-                f"scale x{self.scale} does not fit this UNet / autoencoder pair (LR path /{2 ** unet.config.feature_stages},"
-                f" autoencoder /{autoencoder.downsample_factor}): the expected scale is "
-                f"x{autoencoder.downsample_factor // 2 ** unet.config.feature_stages}")
-        if autoencoder.config.embed_dim != unet.config.in_channels:
-            raise ResShiftError(f"the autoencoder's latent has {autoencoder.config.embed_dim} channels but the UNet "
-                                f"expects {unet.config.in_channels}: they are not a pair (face models need their own "
-                                f"autoencoder, see the release table)")
+        self.model_tile_size = tile_size
+        config = unet.config
+        if autoencoder is None:
+            if config.feature_stages != 0 or config.in_channels != 3:
+                raise ResShiftError("this UNet works on a latent (its LR path or channels are those of a latent "
+                                    "model): give its autoencoder as {arg:autoencoder}")
+            self.latent_factor = 1
+            self.padding_multiple = padding_multiple or config.latent_multiple // math.gcd(config.latent_multiple,
+                                                                                          self.scale)
+        else:
+            if self.scale * 2 ** config.feature_stages != autoencoder.downsample_factor:
+                raise ResShiftError(
+                    f"scale x{self.scale} does not fit this UNet / autoencoder pair (LR path /{2 ** config.feature_stages},"
+                    f" autoencoder /{autoencoder.downsample_factor}): the expected scale is "
+                    f"x{autoencoder.downsample_factor // 2 ** config.feature_stages}")
+            if autoencoder.config.embed_dim != config.in_channels:
+                raise ResShiftError(f"the autoencoder's latent has {autoencoder.config.embed_dim} channels but the "
+                                    f"UNet expects {config.in_channels}: they are not a pair (face models need their "
+                                    f"own autoencoder, see the release table)")
+            self.latent_factor = autoencoder.downsample_factor
+            self.padding_multiple = padding_multiple or config.lq_size
         self.device = torch.device("cpu")
         self.dtype = torch.float32
         self.channels_last = bool(channels_last)
+        self._probe = None  # set while the memory estimate traces a run on meta tensors
+        self._probe_cache: dict = {}
+        self._plan_cache: dict = {}
+        self._rgb_map: torch.Tensor | None = None
         self.to(device or "cpu", dtype)
 
     # ---------------------------------------------------------------------------------------------- construction
     @classmethod
-    def from_files(cls, unet_path: str | os.PathLike, autoencoder_path: str | os.PathLike, *,
+    def from_loaded(cls, unet: ModelDescriptor, autoencoder: ModelDescriptor | None = None, *,
+                    release: str | Release | None = None, scale: int | None = None, device=None, dtype=None,
+                    padding_multiple: int | None = None, channels_last: bool = True) -> ResShiftPipeline:
+        """A pipeline from loaded descriptors (:func:`~resshift_core.models.load_model`).
+
+        Args:
+            unet, autoencoder: descriptors of kind "unet" and "autoencoder" (no autoencoder for pixel-space UNets).
+            release: overrides the release the UNet was identified as (its schedule, scale, one-step flag).
+            scale: overrides the scale.
+        Raises:
+            WrongModelKindError: swapped descriptors. UnknownScheduleError: a UNet of unknown schedule (name its
+            release). ResShiftError: a latent-space UNet without autoencoder, or a pair that does not fit.
+        """
+        for descriptor, wanted in ((unet, "unet"), (autoencoder, "autoencoder")):
+            if descriptor is not None and descriptor.kind != wanted:
+                raise WrongModelKindError(
+                    f"{descriptor.identity.name} is {'a UNet' if descriptor.kind == 'unet' else 'an autoencoder'}, "
+                    f"given where the {wanted} belongs: give it as {{arg:{descriptor.kind}}} instead",
+                    found=descriptor.kind, expected=wanted)
+        if release is not None:
+            from .releases import get_release
+
+            release = release if isinstance(release, Release) else get_release(release)
+            unet = load_model({k: v for k, v in unet.network.state_dict().items()}, expect="unet",
+                              release=release) if unet.release is not release else unet
+        schedule = resolve_schedule(unet)
+        if unet.latent_space and autoencoder is None:
+            needed = AUTOENCODERS.get(unet.identity.autoencoder or "")
+            which = f" ({needed.file_name})" if needed else ""
+            raise ResShiftError(f"{unet.identity.name} is a latent-space UNet: it needs its autoencoder{which}; "
+                                f"give it as {{arg:autoencoder}}")
+        if not unet.latent_space and autoencoder is not None:
+            logger.warning("%s is a pixel-space model; the autoencoder given with it is not used", unet.identity.name)
+            autoencoder = None
+        network_ae = autoencoder.network if autoencoder is not None else None
+        if scale is None:
+            scale = unet.scale or (cls.infer_scale(unet.network, network_ae) if network_ae is not None else None)
+        if scale is None:
+            raise ResShiftError(f"the scale of the pixel-space model {unet.identity.name} is not recorded in its "
+                                f"file; give it as {{arg:scale}}")
+        return cls(unet.network, network_ae, schedule, scale, one_step=unet.one_step, release=unet.release,
+                   device=device, dtype=dtype, padding_multiple=padding_multiple, channels_last=channels_last,
+                   tile_size=unet.identity.tile_size)
+
+    @classmethod
+    def from_files(cls, unet_path: str | os.PathLike, autoencoder_path: str | os.PathLike | None = None, *,
                    release: str | Release | None = None, scale: int | None = None, device=None, dtype=None,
                    padding_multiple: int | None = None) -> ResShiftPipeline:
-        """Load both networks from files (official .pth or our .safetensors).
+        """Load both networks from files (official .pth or our .safetensors); a pixel-space UNet needs no
+        autoencoder file.
 
         ``release`` names the release when the file does not say it (an official file renamed, a converted file
         without metadata); its schedule cannot be read from weights.
         """
-        loaded: LoadedUNet = load_unet(unet_path, release)
-        schedule = resolve_schedule(loaded)
-        autoencoder = load_autoencoder(autoencoder_path)
-        if scale is None:
-            scale = loaded.release.scale if loaded.release else cls.infer_scale(loaded.model, autoencoder)
-        return cls(loaded.model, autoencoder, schedule, scale, one_step=loaded.one_step, release=loaded.release,
-                   device=device, dtype=dtype, padding_multiple=padding_multiple)
+        unet = load_model(unet_path, expect="unet", release=release)
+        resolve_schedule(unet)  # an unknown schedule is reported before the autoencoder is read
+        autoencoder = load_model(autoencoder_path, expect="autoencoder") if autoencoder_path is not None else None
+        return cls.from_loaded(unet, autoencoder, scale=scale, device=device, dtype=dtype,
+                               padding_multiple=padding_multiple)
 
     @classmethod
     def from_release(cls, name: str, *, cache_dir: str | os.PathLike | None = None, device=None, dtype=None,
@@ -202,9 +291,19 @@ class ResShiftPipeline:
         lr_per_latent = unet.config.lq_size // unet.config.image_size
         return max(1, autoencoder.downsample_factor // lr_per_latent)
 
+    @property
+    def latent_space(self) -> bool:
+        return self.autoencoder is not None
+
+    @property
+    def networks(self) -> tuple[torch.nn.Module, ...]:
+        return (self.unet,) if self.autoencoder is None else (self.unet, self.autoencoder)
+
     def to(self, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None, *,
            channels_last: bool | None = None) -> ResShiftPipeline:
-        """Move the networks (in place) to a device, a dtype and/or a memory format; returns self."""
+        """Move the networks (in place) to a device, a dtype and/or a memory format; returns self. (The codebook
+        keeps float32 and normalisation statistics are computed in float32 whatever the dtype: the modules see to
+        it, so a host moving the networks itself gets the same.)"""
         if device is not None:
             self.device = torch.device(device)
         if dtype is not None:
@@ -212,10 +311,9 @@ class ResShiftPipeline:
         if channels_last is not None:
             self.channels_last = bool(channels_last)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        for network in (self.unet, self.autoencoder):  # the format applies to 4-D weights; a conv follows its weight
+        for network in self.networks:  # the format applies to 4-D weights; a conv follows its weight
             network.to(self.device, self.dtype, memory_format=memory_format)
-        # The codebook stays float32: nearest-code search on half-precision distances flips indices.
-        self.autoencoder.quantize.float()
+        self._plan_cache.clear()
         return self
 
     def compile(self, **options) -> ResShiftPipeline:
@@ -227,44 +325,331 @@ class ResShiftPipeline:
         already oneDNN/BLAS calls), so this is mainly for CUDA.
         """
         self._unet_call = torch.compile(self.unet, **options)
-        self._encoder_call = torch.compile(self.autoencoder.encode, **options)
-        self._decoder_call = torch.compile(self.autoencoder.decoder, **options)
+        if self.autoencoder is not None:
+            self._encoder_call = torch.compile(self.autoencoder.encode, **options)
+            self._decoder_call = torch.compile(self.autoencoder.decoder, **options)
         return self
 
     _unet_call = None
     _encoder_call = None
     _decoder_call = None
 
+    # ------------------------------------------------------------------------------------------- network calls
+    def _network(self, name: str, function, *inputs: torch.Tensor) -> torch.Tensor:
+        """Every network call goes through here, so that the memory estimate can trace a run."""
+        if self._probe is not None:
+            return self._probe.call(name, function, *inputs)
+        return function(*inputs)
+
     def _run_unet(self, x_in: torch.Tensor, t: torch.Tensor, lq_features: torch.Tensor) -> torch.Tensor:
         unet = self.unet if self._unet_call is None else self._unet_call
-        return unet(x_in.to(self.dtype), t, lq_features=lq_features).float()
+        return self._network("unet", lambda x, s, f: unet(x, s, lq_features=f), x_in.to(self.dtype), t,
+                             lq_features).float()
+
+    def _run_encoder(self, image: torch.Tensor) -> torch.Tensor:
+        encoder = self.autoencoder.encode if self._encoder_call is None else self._encoder_call
+        return self._network("encoder", encoder, image).float()
 
     def _run_decoder(self, features: torch.Tensor) -> torch.Tensor:
         decoder = self.autoencoder.decoder if self._decoder_call is None else self._decoder_call
-        return decoder(features).float()
+        return self._network("decoder", decoder, features).float()
 
-    # ------------------------------------------------------------------------------------------------ one run
+    # ------------------------------------------------------------------------------------------------ planning
+    def tile_settings(self, tiling: str | None = None, tile_size: int | None = None, tile_overlap: int | None = None,
+                      vae_tile_size: int | None = None, tile_batch_size: int | None = None) -> TileSettings:
+        """The tile settings of a run, validated: the arguments over the model's and the device's defaults.
+
+        ``tiling=None`` means "auto", or "latent" when tile sizes are given or the model asks for its own tile
+        (a model trained on crops).
+        """
+        if tiling is None:
+            tiling = "latent" if (tile_size or vae_tile_size or self.model_tile_size) else "auto"
+        tile_size = tile_size or self.model_tile_size
+        defaults = TileSettings.for_device(self.device)
+        # A smaller tile than the default keeps a proportionate default overlap (a quarter of the tile at most).
+        if tile_overlap is None and tile_size:
+            tile_overlap = min(defaults.overlap, tile_size // 4)
+        vae_overlap = min(defaults.vae_overlap, vae_tile_size // 4) if vae_tile_size else None
+        settings = TileSettings.for_device(self.device, mode=tiling, tile_size=tile_size, overlap=tile_overlap,
+                                           vae_tile_size=vae_tile_size, vae_overlap=vae_overlap,
+                                           batch_size=tile_batch_size)
+        settings.check_for(self.unet.config.latent_multiple)
+        return settings
+
+    def _make_plan(self, height: int, width: int, batch: int, tiles: TileSettings, one_step: bool, tile_unet: bool,
+                   tile_vae: bool) -> RunPlan:
+        return make_plan(height=height, width=width, batch=batch, scale=self.scale,
+                         padding_multiple=self.padding_multiple, latent_factor=self.latent_factor,
+                         latent_multiple=self.unet.config.latent_multiple, steps=self.schedule.num_steps,
+                         one_step=one_step,
+                         latent_space=self.latent_space, tiles=tiles, tile_unet=tile_unet,
+                         tile_vae=tile_vae and self.latent_space)
+
+    def plan(self, height: int, width: int, *, batch: int = 1, tiles: TileSettings | None = None,
+             one_step: bool | None = None) -> RunPlan:
+        """How a run on a batch of ``height`` x ``width`` LR images will be computed.
+
+        ``"auto"`` picks, in this order, the first plan that fits :data:`AUTO_MEMORY_SHARE` of the memory available
+        now and costs at most :data:`~resshift_core.planning.AUTO_COST_LIMIT` times the fully tiled plan: untiled
+        (the official computation); the UNet untiled and the autoencoder tiled; both tiled. A model that asks for
+        its own tile always runs its UNet in tiles of that size.
+        """
+        tiles = tiles or self.tile_settings()
+        one_step = self.one_step if one_step is None else bool(one_step)
+        if tiles.mode != "auto":
+            tiled = tiles.mode == "latent"
+            return self._make_plan(height, width, batch, tiles, one_step, tiled, tiled)
+        key = (height, width, batch, tiles, one_step)
+        if key in self._plan_cache:
+            return self._plan_cache[key]
+        fully_tiled = self._make_plan(height, width, batch, tiles, one_step, True, True)
+        choices = [(False, False), (False, True)] if self.model_tile_size is None else [(True, False)]
+        budget = available_memory(self.device)
+        chosen = fully_tiled
+        for tile_unet, tile_vae in choices:
+            candidate = self._make_plan(height, width, batch, tiles, one_step, tile_unet, tile_vae)
+            if self.latent_space and not tile_vae and plan_cost(
+                    candidate, self.unet.config, self.autoencoder.config, self.latent_factor) > AUTO_COST_LIMIT * \
+                    plan_cost(fully_tiled, self.unet.config, self.autoencoder.config, self.latent_factor):
+                continue
+            if budget is None or self.working_memory_of(candidate) <= AUTO_MEMORY_SHARE * budget:
+                chosen = candidate
+                break
+        if not chosen.is_official:
+            logger.info("%dx%d px: %s (the untiled run would not fit in memory or cost more than %.1fx)", width,
+                        height, chosen.describe(), AUTO_COST_LIMIT)
+        self._plan_cache[key] = chosen
+        return chosen
+
+    # ------------------------------------------------------------------------------------------------ memory
+    def weight_bytes(self, dtype: str | torch.dtype | None = None) -> int:
+        """Bytes of both networks' weights on the device in ``dtype`` (default: the pipeline's)."""
+        dtype = parse_dtype(dtype) if dtype is not None else self.dtype
+        return sum(weight_bytes(network, dtype) for network in self.networks)
+
+    def working_memory_of(self, plan: RunPlan, dtype: torch.dtype | None = None) -> int:
+        """Peak bytes of a planned run beyond the weights, traced on the meta device (see :mod:`.memory`)."""
+        dtype = dtype or self.dtype
+        meta = self._meta_pipeline(dtype)
+        lr_m11 = torch.empty(plan.batch, 3, plan.height, plan.width, device="meta")
+        mask = torch.empty(plan.batch, 1, plan.height, plan.width, device="meta") \
+            if self.unet.config.cond_mask else None
+
+        def run():
+            latent = meta._encode_stage(lr_m11, mask, lr_m11, plan, None, None)
+            latent = meta._sample_stage(latent, _MetaNoise(), None, None, None)
+            meta._decode_stage(latent, None, None, mask_back=True)
+
+        def install(probe):
+            meta._probe = probe
+
+        return trace_run(run, self._probe_cache, self.device, install) + overhead_bytes(self.device)
+
+    def _meta_pipeline(self, dtype: torch.dtype) -> ResShiftPipeline:
+        unet = meta_copy(self.unet, dtype, self.channels_last)
+        autoencoder = meta_copy(self.autoencoder, dtype, self.channels_last) if self.latent_space else None
+        meta = ResShiftPipeline.__new__(ResShiftPipeline)
+        meta.__dict__.update(self.__dict__)
+        meta.unet, meta.autoencoder, meta.dtype = unet, autoencoder, dtype
+        meta.device = torch.device("meta")
+        meta._unet_call = meta._encoder_call = meta._decoder_call = None
+        return meta
+
+    def estimate_memory(self, height: int, width: int, *, batch: int = 1, dtype: str | torch.dtype | None = None,
+                        tiling: str | None = None, tile_size: int | None = None, tile_overlap: int | None = None,
+                        vae_tile_size: int | None = None, tile_batch_size: int | None = None,
+                        one_step: bool | None = None) -> int:
+        """Bytes a run on a batch of ``height`` x ``width`` LR images needs on the pipeline's device: the weights
+        plus the peak working memory of the run as planned with these settings."""
+        dtype = parse_dtype(dtype) if dtype is not None else self.dtype
+        return self.weight_bytes(dtype) + self.working_memory(
+            height, width, batch=batch, dtype=dtype, tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap,
+            vae_tile_size=vae_tile_size, tile_batch_size=tile_batch_size, one_step=one_step)
+
+    def working_memory(self, height: int, width: int, *, batch: int = 1, dtype: str | torch.dtype | None = None,
+                       tiling: str | None = None, tile_size: int | None = None, tile_overlap: int | None = None,
+                       vae_tile_size: int | None = None, tile_batch_size: int | None = None,
+                       one_step: bool | None = None) -> int:
+        """:meth:`estimate_memory` without the weights: what a host with the weights already on the device (for
+        ComfyUI, ``memory_required``) must keep free."""
+        tiles = self.tile_settings(tiling, tile_size, tile_overlap, vae_tile_size, tile_batch_size)
+        plan = self.plan(height, width, batch=batch, tiles=tiles, one_step=one_step)
+        return self.working_memory_of(plan, parse_dtype(dtype) if dtype is not None else None)
+
+    # ------------------------------------------------------------------------------------------------ previews
+    def latent_to_rgb(self, latent: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latent -> (B, 3, h, w) float32 in [0, 1] without the decoder: a linear map fitted once per
+        pipeline from the encoder's latents of flat colours (pixel-space models: the image itself)."""
+        latent = latent.detach().float()
+        if not self.latent_space:
+            return (latent[:, :3] * 0.5 + 0.5).clamp(0, 1)
+        if self._rgb_map is None:
+            self._rgb_map = self._fit_rgb_map()
+        rgb_map = self._rgb_map.to(latent.device)
+        rgb = torch.einsum("bchw,cd->bdhw", latent, rgb_map[:-1]) + rgb_map[-1].view(1, 3, 1, 1)
+        return rgb.clamp(0, 1)
+
+    @torch.inference_mode()
+    def _fit_rgb_map(self) -> torch.Tensor:
+        levels = torch.linspace(0.0, 1.0, 4)
+        colours = torch.cartesian_prod(levels, levels, levels)  # (64, 3) in [0, 1]
+        side = 4 * self.latent_factor
+        images = (colours * 2 - 1).view(-1, 3, 1, 1).expand(-1, 3, side, side)
+        latents = self._run_encoder(images.to(self.device, self.dtype)).float().mean(dim=(2, 3)).cpu()
+        design = torch.cat([latents, torch.ones(len(latents), 1)], dim=1)  # (64, C + 1)
+        return torch.linalg.lstsq(design.double(), colours.double()).solution.float()  # (C + 1, 3)
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def encode(self, image_m11: torch.Tensor, tiles: TileSettings | None = None, plan: RunPlan | None = None,
+               progress: _Progress | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1], H and W multiples of the autoencoder factor -> float32 latent (pixel space: the
+        image itself). Tiled when ``plan`` (or ``tiles`` other than "off") says so."""
+        if not self.latent_space:
+            return image_m11.float()
+        image = image_m11.to(self.device, self.dtype)
+        factor = self.latent_factor
+        if plan is None and tiles is not None and tiles.mode != "off":
+            plan_tile = plan_tiles(image.shape[-2] // factor, image.shape[-1] // factor, tiles.vae_tile_size,
+                                   tiles.vae_overlap)
+            vae_tiles, overlap = plan_tile, tiles.vae_overlap
+        else:
+            vae_tiles = plan.vae_tiles if plan is not None else None
+            overlap = plan.tiles.vae_overlap if plan is not None else 0
+
+        def encode_tile(tile: torch.Tensor) -> torch.Tensor:
+            check_cancel(cancel)
+            latent = self._run_encoder(tile)
+            if progress is not None:
+                progress.advance(1, "encode")
+            return latent
+
+        if vae_tiles is None or len(vae_tiles) == 1:
+            return encode_tile(image)
+        return tiled_apply(encode_tile, image, self.autoencoder.config.embed_dim, 1 / factor, 0, overlap,
+                           plan=vae_tiles)
+
+    def decode(self, latent: torch.Tensor, tiles: TileSettings | None = None, plan: RunPlan | None = None,
+               progress: _Progress | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
+        """Latent -> (B, 3, H, W) float32 image, about [-1, 1] (quantises first, as officially; pixel space: the
+        latent itself).
+
+        Quantisation and post_quant_conv are per position, so they run on the whole latent; only the decoder is
+        tiled.
+        """
+        if not self.latent_space:
+            return latent.float()
+        autoencoder = self.autoencoder
+        latent = latent.to(self.device)
+        quantized = autoencoder.quantize(latent.float()).to(self.dtype)
+        features = autoencoder.post_quant_conv(quantized)
+        del quantized
+        if plan is None and tiles is not None and tiles.mode != "off":
+            vae_tiles = plan_tiles(latent.shape[-2], latent.shape[-1], tiles.vae_tile_size, tiles.vae_overlap)
+            overlap = tiles.vae_overlap
+        else:
+            vae_tiles = plan.vae_tiles if plan is not None else None
+            overlap = plan.tiles.vae_overlap if plan is not None else 0
+
+        def decode_tile(tile: torch.Tensor) -> torch.Tensor:
+            check_cancel(cancel)
+            image = self._run_decoder(tile)
+            if progress is not None:
+                progress.advance(1, "decode")
+            return image
+
+        if vae_tiles is None or len(vae_tiles) == 1:
+            return decode_tile(features)
+        return tiled_apply(decode_tile, features, autoencoder.config.out_ch, self.latent_factor, 0, overlap,
+                           plan=vae_tiles)
+
+    def _condition_source(self, padded: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+        """The LR condition at the size the UNet's LR path expects (latent x 2^stages): the padded LR image for the
+        released latent models, the up-sampled image for pixel-space ones."""
+        return padded if self.latent_space else upsampled
+
+    def _encode_stage(self, lr_m11: torch.Tensor, mask_m11: torch.Tensor | None, images: torch.Tensor | None,
+                      plan: RunPlan, progress: _Progress | None, cancel: CancelCheck | None,
+                      trace: dict | None = None) -> ResShiftLatent:
+        padded = pad_bottom_right(lr_m11, self.padding_multiple)
+        mask_padded = None if mask_m11 is None else pad_bottom_right(mask_m11, self.padding_multiple)
+        upsampled = padded if self.scale == 1 else F.interpolate(padded, scale_factor=self.scale, mode="bicubic")
+        y = self.encode(upsampled, plan=plan, progress=progress, cancel=cancel)
+        if trace is not None:
+            trace.update({"y0_padded_in": padded, "y_up_bicubic": upsampled})
+        return ResShiftLatent(y, padded, mask_padded, images, plan)
+
+    def _sample_stage(self, latent: ResShiftLatent, noise: NoiseSource, progress: _Progress | None,
+                      cancel: CancelCheck | None, trace: dict | None = None) -> ResShiftLatent:
+        plan = latent.plan
+        y = latent.latent
+        condition = latent.lr_m11 if self.latent_space else y
+        lq_features = self.unet.condition_features(
+            condition.to(self.dtype), None if latent.mask_m11 is None else latent.mask_m11.to(self.dtype))
+        if trace is not None:
+            trace["lq_features"] = lq_features.float()
+        if plan.unet_tiles is not None:
+            denoise = self._tiled_denoiser(lq_features, y, plan, progress, cancel)
+        else:
+            denoise = self._denoiser(lq_features)
+
+        tile_fields = {} if plan.unet_tiles is None else {"tile": plan.unet_tile_count,
+                                                          "total_tiles": plan.unet_tile_count}
+
+        def on_step(step: StepProgress) -> None:
+            progress.advance(progress.step_end_units, "denoise", step=step.step, total_steps=step.total_steps,
+                             t=step.t, x_t=step.x_t, x0_pred=step.x0_pred, **tile_fields)
+            progress.step_end_units = plan.unet_tile_count
+
+        if progress is not None:
+            progress.step_end_units = plan.unet_tile_count
+        z0 = sample(denoise, y, self.schedule, noise, one_step=plan.one_step,
+                    callback=on_step if progress is not None else None, cancel=cancel, trace=trace)
+        return replace(latent, latent=z0, sampled=True)
+
+    def _decode_stage(self, latent: ResShiftLatent, progress: _Progress | None, cancel: CancelCheck | None, *,
+                      mask_back: bool, trace: dict | None = None) -> torch.Tensor:
+        plan = latent.plan
+        decoded = self.decode(latent.latent, plan=plan, progress=progress, cancel=cancel)
+        if trace is not None:
+            trace["x_dec"] = decoded
+        sr_m11 = decoded[:, :, :plan.height * self.scale, :plan.width * self.scale].clamp(-1.0, 1.0)
+        return self._finish(sr_m11, latent.mask_m11, latent.images, plan, mask_back, trace)
+
+    def _finish(self, sr_m11: torch.Tensor, mask_padded: torch.Tensor | None, images: torch.Tensor | None,
+                plan: RunPlan,
+                mask_back: bool, trace: dict | None) -> torch.Tensor:
+        result = sr_m11 * 0.5 + 0.5
+        if trace is not None:
+            trace["sr_unblended"] = result
+        if mask_padded is not None and mask_back and images is not None:
+            keep = mask_padded[:, :, :plan.height, :plan.width] * 0.5 + 0.5
+            result = result * keep + images * (1 - keep)
+        if trace is not None:
+            trace["sr_01"] = result
+        return result
+
     def _denoiser(self, lq_features: torch.Tensor):
         def denoise(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self._run_unet(x_in, t, lq_features)
         return denoise
 
-    def _tiled_denoiser(self, lq_features: torch.Tensor, tiles: TileSettings, callback: ProgressCallback | None,
-                        cancel: CancelCheck | None, total_steps: int):
+    def _tiled_denoiser(self, lq_features: torch.Tensor, y: torch.Tensor, plan: RunPlan,
+                        progress: _Progress | None, cancel: CancelCheck | None):
         """A denoiser that runs the UNet on overlapping latent tiles and blends the x0 predictions smoothly.
 
         Tiles are batched (``tiles.batch_size``); each tile's GroupNorm statistics are its own, which the smooth
-        blending hides. Reports progress after every tile but the last of a step (the sampler reports that one).
+        blending hides. Progress advances after every tile batch but the last of a step (the step's end reports
+        that one, with the state after the step); previews show the previous x0 prediction where no tile has
+        landed yet.
         """
+        tiles = plan.tiles
         height, width = lq_features.shape[-2:]
-        plan = plan_tiles(height, width, tiles.tile_size, tiles.overlap, self.unet.config.latent_multiple)
-        windows = list(plan.windows())
-        calls = [0]
+        windows = list(plan.unet_tiles.windows())
+        previous_x0 = [y]
 
         def denoise(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            calls[0] += 1
-            blender = Blender((x_in.shape[0], self.unet.config.out_channels, height, width), x_in.device, plan,
-                              tiles.overlap)
+            blender = Blender((x_in.shape[0], self.unet.config.out_channels, height, width), x_in.device,
+                              plan.unet_tiles, tiles.overlap)
             for first in range(0, len(windows), tiles.batch_size):
                 check_cancel(cancel)
                 group = windows[first:first + tiles.batch_size]
@@ -274,46 +659,22 @@ class ResShiftPipeline:
                 for index, (rows, cols) in enumerate(group):
                     blender.add(rows, cols, out[index * x_in.shape[0]:(index + 1) * x_in.shape[0]])
                 done = first + len(group)
-                if callback is not None and done < len(windows):
-                    callback(StepProgress(calls[0], total_steps, int(t[0]), x_in, blender.result(), done,
-                                          len(windows)))
-            return blender.result()
+                if progress is not None and done < len(windows):
+                    progress.step_end_units -= len(group)
+                    progress.advance(len(group), "denoise", t=int(t[0]), x_t=x_in,
+                                     x0_pred=blender.partial(previous_x0[0]), tile=done, total_tiles=len(windows))
+            result = blender.result()
+            previous_x0[0] = result
+            return result
 
-        return denoise, len(windows)
-
-    def encode(self, image_m11: torch.Tensor, tiles: TileSettings | None = None) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1], H and W multiples of the autoencoder factor -> float32 latent.
-
-        With ``tiles`` (mode other than "off"), images larger than one autoencoder tile are encoded tile by tile.
-        """
-        image = image_m11.to(self.device, self.dtype)
-        encoder = self.autoencoder.encode if self._encoder_call is None else self._encoder_call
-        if tiles is None or tiles.mode == "off":
-            return encoder(image).float()
-        factor = self.autoencoder.downsample_factor
-        return tiled_apply(lambda tile: encoder(tile).float(), image, self.autoencoder.config.embed_dim,
-                           1 / factor, tiles.vae_tile_size, tiles.vae_overlap)
-
-    def decode(self, latent: torch.Tensor, tiles: TileSettings | None = None) -> torch.Tensor:
-        """Latent -> (B, 3, H, W) float32 image, about [-1, 1] (quantises first, as officially).
-
-        Quantisation and post_quant_conv are per position, so they run on the whole latent; only the decoder is
-        tiled.
-        """
-        autoencoder = self.autoencoder
-        latent = latent.to(self.device)
-        quantized = autoencoder.quantize(latent.float()).to(self.dtype)
-        features = autoencoder.post_quant_conv(quantized)
-        if tiles is None or tiles.mode == "off":
-            return self._run_decoder(features)
-        return tiled_apply(self._run_decoder, features, autoencoder.config.out_ch,
-                           autoencoder.downsample_factor, tiles.vae_tile_size, tiles.vae_overlap)
+        return denoise
 
     def sample_padded(self, lr_m11: torch.Tensor, noise: NoiseSource, *, mask_m11: torch.Tensor | None = None,
                       callback: ProgressCallback | None = None, cancel: CancelCheck | None = None,
-                      trace: dict | None = None, tile: int = 1, total_tiles: int = 1,
-                      tiles: TileSettings | None = None) -> torch.Tensor:
-        """The official ``sample_func``: one complete run on one (batch of) LR image(s).
+                      trace: dict | None = None, tiles: TileSettings | None = None,
+                      one_step: bool | None = None) -> torch.Tensor:
+        """The official ``sample_func``: one complete run on one (batch of) LR image(s), untiled unless ``tiles``
+        says otherwise.
 
         Args:
             lr_m11: (B, 3, h, w) LR in [-1, 1] on the pipeline's device.
@@ -321,92 +682,132 @@ class ResShiftPipeline:
         Returns:
             (B, 3, h * scale, w * scale) float32 in [-1, 1].
         """
-        height, width = lr_m11.shape[-2:]
-        padded = pad_bottom_right(lr_m11, self.padding_multiple)
-        mask_padded = None if mask_m11 is None else pad_bottom_right(mask_m11, self.padding_multiple)
-        upsampled = padded if self.scale == 1 else F.interpolate(padded, scale_factor=self.scale, mode="bicubic")
-        y = self.encode(upsampled, tiles)
-        lq_features = self.unet.condition_features(padded.to(self.dtype), None if mask_padded is None
-                                                   else mask_padded.to(self.dtype))
-        calls = 1 if self.one_step else self.schedule.num_steps
-        use_tiles = tiles is not None and (tiles.mode == "latent" or (
-            tiles.mode == "auto" and max(y.shape[-2:]) > tiles.tile_size))
-        if use_tiles:
-            denoise, total_tiles = self._tiled_denoiser(lq_features, tiles, callback, cancel, calls)
-            tile = total_tiles
-        else:
-            denoise = self._denoiser(lq_features)
-        z0 = sample(denoise, y, self.schedule, noise, one_step=self.one_step,
-                    callback=callback, cancel=cancel, trace=trace, tile=tile, total_tiles=total_tiles)
-        decoded = self.decode(z0, tiles)
+        tiles = tiles or TileSettings(mode="off")
+        plan = self.plan(lr_m11.shape[-2], lr_m11.shape[-1], batch=lr_m11.shape[0], tiles=tiles, one_step=one_step)
+        progress = _Progress(callback, plan.network_calls, self.latent_to_rgb) if callback is not None else None
+        return self._run_padded(lr_m11, mask_m11, plan, noise, progress, cancel, trace)
+
+    def _run_padded(self, lr_m11: torch.Tensor, mask_m11: torch.Tensor | None, plan: RunPlan, noise: NoiseSource,
+                    progress: _Progress | None, cancel: CancelCheck | None, trace: dict | None) -> torch.Tensor:
+        """encode -> sample -> decode of one batch; (B, 3, sh, sw) in [-1, 1] (cropped, clamped)."""
+        latent = self._encode_stage(lr_m11, mask_m11, None, plan, progress, cancel, trace)
+        latent = self._sample_stage(latent, noise, progress, cancel, trace)
+        decoded = self.decode(latent.latent, plan=plan, progress=progress, cancel=cancel)
         if trace is not None:
-            trace.update({"y0_padded_in": padded, "y_up_bicubic": upsampled, "x_dec": decoded,
-                          "lq_features": lq_features.float()})
-        return decoded[:, :, :height * self.scale, :width * self.scale].clamp(-1.0, 1.0)
+            trace["x_dec"] = decoded
+        return decoded[:, :, :plan.height * self.scale, :plan.width * self.scale].clamp(-1.0, 1.0)
 
     # ------------------------------------------------------------------------------------------- public API
+    def _noise_source(self, seed: int | None, generator: torch.Generator | None,
+                      noise: Sequence[torch.Tensor] | None, generator_state) -> NoiseSource:
+        """A fresh noise source (a retry after out-of-memory replays the same draws)."""
+        if noise is not None:
+            return NoiseSource(replay=noise)
+        if generator is not None:
+            generator.set_state(generator_state)
+            return NoiseSource(generator)
+        return NoiseSource.from_seed(seed)
+
+    @torch.inference_mode()
+    def encode_lr(self, images, *, mask=None, tiling: str | None = None, tile_size: int | None = None,
+                  tile_overlap: int | None = None, vae_tile_size: int | None = None,
+                  tile_batch_size: int | None = None, one_step: bool | None = None,
+                  callback: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> ResShiftLatent:
+        """First stage: LR images (as :meth:`upscale` takes them) -> a :class:`ResShiftLatent` holding y, the
+        padded LR condition and the run's plan (tiles chosen here apply to the later stages too)."""
+        batch = as_image_batch(images).to(self.device)
+        mask_m11 = self._prepare_mask(mask, batch)
+        tiles = self.tile_settings(tiling, tile_size, tile_overlap, vae_tile_size, tile_batch_size)
+        plan = self.plan(batch.shape[-2], batch.shape[-1], batch=batch.shape[0], tiles=tiles, one_step=one_step)
+        progress = _Progress(callback, plan.encode_calls, self.latent_to_rgb) if callback is not None else None
+        return self._encode_stage(batch * 2.0 - 1.0, mask_m11, batch, plan, progress, cancel)
+
+    @torch.inference_mode()
+    def sample_latent(self, latent: ResShiftLatent, *, seed: int | None = None,
+                      generator: torch.Generator | None = None, noise: Sequence[torch.Tensor] | None = None,
+                      callback: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> ResShiftLatent:
+        """Second stage: run the chain on an encoded batch; returns it with the sampled latent."""
+        if latent.sampled:
+            raise InvalidArgumentError("latent", "an already sampled latent", "the output of encode_lr")
+        latent = latent.to(self.device)
+        source = self._noise_source(seed if seed is not None or generator is not None or noise is not None else
+                                    _random_seed(), generator, noise,
+                                    generator.get_state() if generator is not None else None)
+        progress = _Progress(callback, latent.plan.unet_calls, self.latent_to_rgb) if callback is not None else None
+        return self._sample_stage(latent, source, progress, cancel)
+
+    @torch.inference_mode()
+    def decode_latent(self, latent: ResShiftLatent, *, mask_back: bool = True,
+                      callback: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
+        """Last stage: a sampled (or, for a look at y, an encoded) latent -> (B, 3, sH, sW) float32 in [0, 1]."""
+        latent = latent.to(self.device)
+        progress = _Progress(callback, latent.plan.decode_calls, self.latent_to_rgb) if callback is not None \
+            else None
+        return self._decode_stage(latent, progress, cancel, mask_back=mask_back)
+
     @torch.inference_mode()
     def upscale(self, images, *, mask=None, seed: int | None = None, generator: torch.Generator | None = None,
                 noise: Sequence[torch.Tensor] | None = None, callback: ProgressCallback | None = None,
                 cancel: CancelCheck | None = None, tiling: str | None = None, tile_size: int | None = None,
                 tile_overlap: int | None = None, vae_tile_size: int | None = None,
                 tile_batch_size: int | None = None, chop_size: int | None = None, chop_stride: int | None = None,
-                mask_back: bool = True, max_input_pixels: int | None = None, trace: dict | None = None):
+                mask_back: bool = True, max_input_pixels: int | None = None, one_step: bool | None = None,
+                trace: dict | None = None):
         """Upscale (or restore) a batch of images.
 
         Args:
             images: (B, 3, H, W) float tensor in [0, 1] (uint8 and (3, H, W) accepted), a PIL image or a list of
-                same-size PIL images. Any size from 1x1 px.
+                same-size PIL images. Any size from 1x1 px. RGBA PIL images keep their alpha (upscaled bicubically).
             mask: inpainting only: (B, 1, H, W) in [0, 1], 1 = region to fill.
             seed / generator / noise: the randomness (a seed, a torch.Generator, or recorded draws to replay).
                 With none of them a random seed is used.
-            callback: receives a :class:`StepProgress` after every network call (and every tile when tiled).
-            cancel: polled between steps and tiles; returning True raises :class:`CancelledError` (nothing is
+            callback: receives a :class:`StepProgress` after every network call, with monotone ``done`` / ``total``
+                counts for the whole run.
+            cancel: polled between network calls; returning True raises :class:`CancelledError` (nothing is
                 returned).
-            tiling, tile_size, tile_overlap, vae_tile_size, tile_batch_size: latent tiling (see
-                :class:`TileSettings`; defaults depend on the device). The default ``"auto"`` leaves images that fit
-                one tile untouched (the official computation) and cuts larger ones into blended tiles with one noise
-                field, in memory bounded by the tile size. On a CUDA out-of-memory error the run is retried with
-                smaller tiles.
+            tiling: ``"auto"`` (default) runs the official untiled computation wherever it fits in memory and costs
+                at most 1.5x the tiled one, and tiles beyond; ``"off"`` never tiles; ``"latent"`` always plans tiles
+                (the default when tile sizes are given). See :meth:`plan`.
+            tile_size, tile_overlap, vae_tile_size, tile_batch_size: tiles (latent pixels; see
+                :class:`TileSettings`); defaults depend on the device. Tiles are blended with one noise field, so
+                the result does not depend on how the image was cut. On out-of-memory the run is retried with
+                smaller tiles and the same noise.
             chop_size, chop_stride: instead of latent tiling, the official patch-wise processing (LR pixels)
                 (default stride: chop_size - chop_size // 8); each patch is an independent run and overlaps are
                 averaged uniformly.
             mask_back: inpainting: keep the known pixels from the input (official default).
             max_input_pixels: refuse larger inputs with a clear error instead of running out of memory.
+            one_step: a single network call at t = T-1 returning its x0 prediction (how SinSR runs; a fast preview
+                for any model). Default: the model's own way.
             trace: if a dict, receives the intermediate tensors of an unchopped run (for tests).
         Returns:
-            (B, 3, H * scale, W * scale) float32 tensor in [0, 1] on the pipeline's device, or PIL image(s) when PIL
-            image(s) were given.
+            (B, 3, H * scale, W * scale) float32 tensor in [0, 1] on the pipeline's device; for PIL input, one PIL
+            image for one image, a list for a list.
         """
-        return_pil = not isinstance(images, torch.Tensor)
-        batch = as_image_batch(images).to(self.device)
+        validate_chop(chop_size, chop_stride)
+        tiles = self.tile_settings(tiling, tile_size, tile_overlap, vae_tile_size, tile_batch_size)
+        batch, pil_context = prepare_input(images)
+        batch = batch.to(self.device)
         height, width = batch.shape[-2:]
         if max_input_pixels is not None and height * width > max_input_pixels:
             raise InputImageError(f"the input is {width}x{height} = {width * height} px, more than the limit of "
                                   f"{max_input_pixels} px; down-scale it or raise the limit")
         mask_m11 = self._prepare_mask(mask, batch)
-        tiles = TileSettings.for_device(self.device, mode=tiling, tile_size=tile_size, overlap=tile_overlap,
-                                        vae_tile_size=vae_tile_size, batch_size=tile_batch_size)
         if seed is None and generator is None and noise is None:
-            seed = int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+            seed = _random_seed()
         generator_state = generator.get_state() if generator is not None else None
         lr_m11 = batch * 2.0 - 1.0
         while True:
-            # A fresh noise source per attempt, so that a retry after out-of-memory gives the same image.
-            if noise is not None:
-                source = NoiseSource(replay=noise)
-            elif generator is not None:
-                generator.set_state(generator_state)
-                source = NoiseSource(generator)
-            else:
-                source = NoiseSource.from_seed(seed)
+            source = self._noise_source(seed, generator, noise, generator_state)
             try:
                 if chop_size is not None and (height > chop_size or width > chop_size):
                     stride = chop_stride or chop_size - chop_size // 8
-                    sr_m11 = self._chopped(lr_m11, mask_m11, source, chop_size, stride, callback, cancel)
+                    sr_m11, plan = self._chopped(lr_m11, mask_m11, source, chop_size, stride, callback, cancel,
+                                                 one_step)
                 else:
-                    sr_m11 = self.sample_padded(lr_m11, source, mask_m11=mask_m11, callback=callback,
-                                                cancel=cancel, trace=trace, tiles=tiles)
+                    plan = self.plan(height, width, batch=batch.shape[0], tiles=tiles, one_step=one_step)
+                    progress = _Progress(callback, plan.network_calls, self.latent_to_rgb) if callback else None
+                    sr_m11 = self._run_padded(lr_m11, mask_m11, plan, source, progress, cancel, trace)
                 break
             except (RuntimeError, MemoryError) as error:
                 smaller = tiles.halved(self.unet.config.latent_multiple) if _is_out_of_memory(error) else None
@@ -416,15 +817,12 @@ class ResShiftPipeline:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 tiles = smaller
-        result = sr_m11 * 0.5 + 0.5
-        if trace is not None:
-            trace["sr_unblended"] = result
-        if mask_m11 is not None and mask_back:
-            keep = mask_m11 * 0.5 + 0.5
-            result = result * keep + batch * (1 - keep)
-        if trace is not None:
-            trace["sr_01"] = result
-        return tensor_to_pil(result) if return_pil else result
+        padded_mask = None if mask_m11 is None else pad_bottom_right(mask_m11, self.padding_multiple)
+        result = self._finish(sr_m11, padded_mask, batch, plan, mask_back, trace)
+        self.last_plan = plan
+        return finish_output(result, pil_context)
+
+    last_plan: RunPlan | None = None  # how the latest upscale() was computed (its tiles), for output metadata
 
     def _prepare_mask(self, mask, batch: torch.Tensor) -> torch.Tensor | None:
         if not self.unet.config.cond_mask:
@@ -432,7 +830,8 @@ class ResShiftPipeline:
                 raise InputImageError("this model takes no mask; masks are for the inpainting releases")
             return None
         if mask is None:
-            raise InputImageError("this is an inpainting model: pass mask=(B, 1, H, W) in [0, 1], 1 = fill")
+            raise InputImageError("this is an inpainting model: pass a mask (B, 1, H, W) in [0, 1], 1 = fill, as "
+                                  "{arg:mask}")
         if not isinstance(mask, torch.Tensor):
             mask = as_image_batch(mask)[:, :1]
         mask = mask.float().to(self.device)
@@ -446,18 +845,38 @@ class ResShiftPipeline:
         return mask * 2.0 - 1.0
 
     def _chopped(self, lr_m11: torch.Tensor, mask_m11: torch.Tensor | None, source: NoiseSource, chop_size: int,
-                 stride: int, callback: ProgressCallback | None, cancel: CancelCheck | None) -> torch.Tensor:
-        """Official patch-wise processing: independent runs on overlapping patches, uniform averaging."""
+                 stride: int, callback: ProgressCallback | None, cancel: CancelCheck | None,
+                 one_step: bool | None) -> tuple[torch.Tensor, RunPlan]:
+        """Official patch-wise processing: independent untiled runs on overlapping patches, uniform averaging."""
         batch, _, height, width = lr_m11.shape
         starts = [(r, c) for r in chop_starts(height, chop_size, stride) for c in chop_starts(width, chop_size, stride)]
         canvas = torch.zeros(batch, 3, height * self.scale, width * self.scale, device=lr_m11.device)
         count = torch.zeros_like(canvas)
+        off = TileSettings(mode="off")
+        patch_plan = self.plan(min(height, chop_size), min(width, chop_size), batch=batch, tiles=off,
+                               one_step=one_step)
+        progress = _Progress(callback, patch_plan.network_calls * len(starts), self.latent_to_rgb,
+                             patches=len(starts)) if callback else None
         for number, (row, col) in enumerate(starts):
             patch = lr_m11[:, :, row:row + chop_size, col:col + chop_size]
             mask_patch = None if mask_m11 is None else mask_m11[:, :, row:row + chop_size, col:col + chop_size]
-            result = self.sample_padded(patch, source, mask_m11=mask_patch, callback=callback, cancel=cancel,
-                                        tile=number + 1, total_tiles=len(starts))
+            if progress is not None:
+                progress.patch = number + 1
+            plan = self.plan(patch.shape[-2], patch.shape[-1], batch=batch, tiles=off, one_step=one_step)
+            result = self._run_padded(patch, mask_patch, plan, source, progress, cancel, None)
             s = self.scale
             canvas[:, :, row * s:row * s + result.shape[-2], col * s:col * s + result.shape[-1]] += result
             count[:, :, row * s:row * s + result.shape[-2], col * s:col * s + result.shape[-1]] += 1
-        return canvas / count
+        whole = self._make_plan(height, width, batch, off, patch_plan.one_step, False, False)
+        return canvas / count, whole
+
+
+def _random_seed() -> int:
+    return int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+
+
+class _MetaNoise:
+    """Noise for a traced run on meta tensors: shapes only."""
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty(like.shape, dtype=torch.float32, device=like.device)

@@ -118,6 +118,7 @@ RELEASES: dict[str, Release] = {r.name: r for r in [
 ]}
 
 DEFAULT_RELEASE = "realsr-v3"
+DEFAULT_SEED = 12345  # the official inference script's default
 
 # Architectures with no released checkpoint, for training and for loading one's own.
 ARCHITECTURES: dict[str, UNetConfig] = {

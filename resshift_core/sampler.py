@@ -10,35 +10,58 @@ same, so recorded official noise replays exactly.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from .errors import CancelledError
+from .errors import CancelledError, ResShiftError
 from .schedule import Schedule
 
 
 @dataclass
 class StepProgress:
-    """What a callback receives after every network call.
+    """What a progress callback receives after every network call of a run.
+
+    ``done`` / ``total`` count the network calls of the whole run, so a host drives its progress bar with one line
+    (``bar.update_absolute(p.done, p.total)``): every encoder and decoder call (one per autoencoder tile), every UNet
+    call (one per tile and step) and, in the official patch-wise mode, all of them for every patch. ``done`` only
+    grows and ends at ``total``.
 
     Attributes:
-        step: 1-based count of network calls done in this run (of ``total_steps``).
-        total_steps: network calls per run.
-        t: diffusion index of the call just made (T-1 ... 0).
-        x_t: (B, C, h, w) state after the step, float32.
-        x0_pred: (B, C, h, w) the network's x0 prediction (a preview can decode it).
-        tile, total_tiles: 1-based tile index and count when the image is processed in pieces (1, 1 otherwise).
+        done, total: network calls finished, and in the whole run.
+        phase: ``"encode"``, ``"denoise"`` or ``"decode"``.
+        step, total_steps: 1-based denoising step and the number of steps (both 0 outside "denoise").
+        t: diffusion index of the step (T-1 ... 0; -1 outside "denoise").
+        x_t: (B, C, h, w) float32 state after the step (None outside "denoise"; during a tiled step, the state
+            before it).
+        x0_pred: (B, C, h, w) float32 x0 prediction, never NaN (during a tiled step, tiles not yet computed show
+            the previous prediction; None outside "denoise").
+        tile, total_tiles: 1-based tile (or patch) and their number (1, 1 when the image is one piece).
     """
 
-    step: int
-    total_steps: int
-    t: int
-    x_t: torch.Tensor
-    x0_pred: torch.Tensor
+    done: int
+    total: int
+    phase: str = "denoise"
+    step: int = 0
+    total_steps: int = 0
+    t: int = -1
+    x_t: torch.Tensor | None = None
+    x0_pred: torch.Tensor | None = None
     tile: int = 1
     total_tiles: int = 1
+    to_rgb: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 1.0
+
+    def preview(self) -> torch.Tensor | None:
+        """(B, 3, h, w) float32 in [0, 1]: the x0 prediction seen through a cheap latent-to-RGB map (no decoder
+        run; at latent resolution), or None outside "denoise"."""
+        if self.x0_pred is None or self.to_rgb is None:
+            return None
+        return self.to_rgb(self.x0_pred)
 
 
 ProgressCallback = Callable[[StepProgress], None]
@@ -70,9 +93,10 @@ class NoiseSource:
             try:
                 value = next(self._replay)
             except StopIteration:
-                raise ValueError(f"replayed noise ran out after {self.draws - 1} draws") from None
+                raise ResShiftError(f"the recorded noise ran out after {self.draws - 1} draws; a run needs one draw for the "
+                                   f"prior and one per network call") from None
             if value.shape != like.shape:
-                raise ValueError(f"replayed draw {self.draws - 1} has shape {tuple(value.shape)}, "
+                raise ResShiftError(f"recorded noise draw {self.draws - 1} has shape {tuple(value.shape)}, "
                                  f"expected {tuple(like.shape)}")
             return value.to(device=like.device, dtype=torch.float32)
         gen_device = self.generator.device if self.generator is not None else torch.device("cpu")
@@ -97,7 +121,8 @@ def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: tor
         schedule: the model's schedule.
         noise: where the T + 1 draws come from.
         one_step: SinSR: a single call at t = T-1 whose x0 prediction is the result (one draw).
-        callback: called after every network call with a :class:`StepProgress`.
+        callback: called after every network call with a :class:`StepProgress` (``done`` / ``total`` count the
+            steps of this chain).
         cancel: polled before every network call; True raises :class:`CancelledError`.
         trace: if a dict, receives the intermediate tensors under the official fixture names.
     Returns:
@@ -124,7 +149,8 @@ def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: tor
                           prefix + "mean": mean, prefix + "sample": x_next})
         x = x_next
         if callback is not None:
-            callback(StepProgress(number + 1, len(steps), t, x, x0_pred, tile, total_tiles))
+            callback(StepProgress(number + 1, len(steps), "denoise", number + 1, len(steps), t, x, x0_pred, tile,
+                                  total_tiles))
     if trace is not None:
         trace["z_0"] = x
     return x

@@ -12,10 +12,92 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
+
+from .errors import InvalidArgumentError
+
+TILING_MODES = ("auto", "off", "latent")
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """How large inputs are cut. Sizes are in latent pixels (= LR pixels for the x4 latent SR models).
+
+    Attributes:
+        mode: ``"auto"`` runs the official, untiled computation whenever the memory estimate says it fits and its
+            cost stays within 1.5x of the tiled path, and tiles beyond that; ``"off"`` never tiles (the official
+            computation whatever the size); ``"latent"`` always plans tiles (one tile when the image fits).
+        tile_size: largest UNet tile; the planner picks the size (a multiple of the UNet's latent multiple) that
+            covers the image with the least overlap work.
+        overlap: least overlap between neighbouring UNet tiles.
+        vae_tile_size, vae_overlap: the same for the autoencoder (latent pixels).
+        batch_size: UNet tiles run together (GPU).
+    """
+
+    mode: str = "auto"
+    tile_size: int = 256
+    overlap: int = 32
+    vae_tile_size: int = 80
+    vae_overlap: int = 8
+    batch_size: int = 1
+
+    @classmethod
+    def for_device(cls, device: torch.device, **overrides) -> TileSettings:
+        """The device's defaults (larger autoencoder tiles and tile batches on CUDA) with ``overrides`` (None values
+        are ignored), validated."""
+        defaults = cls(batch_size=4, vae_tile_size=128) if torch.device(device).type == "cuda" else cls()
+        settings = replace(defaults, **{k: v for k, v in overrides.items() if v is not None})
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidArgumentError` for a setting outside its range (before anything is loaded)."""
+        if self.mode not in TILING_MODES:
+            raise InvalidArgumentError("tiling", self.mode, "one of " + ", ".join(TILING_MODES))
+        for name, value, low in (("tile_size", self.tile_size, 8), ("vae_tile_size", self.vae_tile_size, 8),
+                                 ("tile_batch_size", self.batch_size, 1)):
+            if not isinstance(value, int) or value < low:
+                raise InvalidArgumentError(name, value, f"a whole number of at least {low} (latent pixels)"
+                                           if name != "tile_batch_size" else "a whole number of at least 1")
+        for name, value, tile in (("tile_overlap", self.overlap, self.tile_size),
+                                  ("vae_overlap", self.vae_overlap, self.vae_tile_size)):
+            if not isinstance(value, int) or not 0 <= value <= tile // 2:
+                raise InvalidArgumentError(name, value, f"a whole number from 0 to half the tile size ({tile // 2})")
+
+    def check_for(self, latent_multiple: int) -> None:
+        """The UNet tile must hold at least one latent multiple of the network."""
+        if self.mode != "off" and self.tile_size < latent_multiple:
+            raise InvalidArgumentError("tile_size", self.tile_size,
+                                       f"at least {latent_multiple} for this model (its latent multiple)")
+
+    def halved(self, multiple: int) -> TileSettings | None:
+        """Smaller tiles after an out-of-memory error, or None when they cannot shrink further. An untiled or
+        "auto" run becomes a tiled one."""
+        if self.mode != "latent":
+            return replace(self, mode="latent")
+        if self.batch_size > 1:
+            return replace(self, batch_size=self.batch_size // 2)
+        tile = max(multiple, (self.tile_size // 2) // multiple * multiple)
+        vae_tile = max(16, self.vae_tile_size // 2)
+        if tile == self.tile_size and vae_tile == self.vae_tile_size:
+            return None
+        return replace(self, tile_size=tile, overlap=min(self.overlap, tile // 4), vae_tile_size=vae_tile,
+                       vae_overlap=min(self.vae_overlap, vae_tile // 4))
+
+
+def validate_chop(chop_size: int | None, chop_stride: int | None) -> None:
+    """The official patch-wise mode's settings (LR pixels)."""
+    if chop_size is None:
+        if chop_stride is not None:
+            raise InvalidArgumentError("chop_stride", chop_stride, "given only together with a chop size")
+        return
+    if not isinstance(chop_size, int) or chop_size < 8:
+        raise InvalidArgumentError("chop_size", chop_size, "a whole number of at least 8 (LR pixels)")
+    if chop_stride is not None and (not isinstance(chop_stride, int) or not 1 <= chop_stride <= chop_size):
+        raise InvalidArgumentError("chop_stride", chop_stride, f"a whole number from 1 to the chop size ({chop_size})")
 
 
 @dataclass(frozen=True)
@@ -44,7 +126,8 @@ def plan_axis(length: int, max_size: int, min_overlap: int, multiple: int = 1) -
         if best is None or cost < best[0] or (cost == best[0] and size > best[1]):
             best = (cost, size, count)
     if best is None:
-        raise ValueError(f"no tile size up to {max_size} (multiple of {multiple}) leaves an overlap of {min_overlap}")
+        raise InvalidArgumentError("tile_size", max_size, f"larger than the overlap ({min_overlap}) and at least "
+                                   f"{multiple} (this model's latent multiple)")
     _, size, count = best
     starts = tuple(round(i * (length - size) / (count - 1)) for i in range(count)) if count > 1 else (0,)
     return AxisPlan(length, size, starts)
@@ -117,27 +200,38 @@ class Blender:
         self.weight[target] += weights
 
     def result(self) -> torch.Tensor:
+        """The blend; every sample must have been covered by a tile."""
         return self.total / self.weight
+
+    def partial(self, fallback: torch.Tensor) -> torch.Tensor:
+        """The blend so far, with ``fallback`` where no tile has landed yet (for previews: never NaN)."""
+        covered = self.weight > 0
+        return torch.where(covered, self.total / torch.where(covered, self.weight, 1.0), fallback.float())
 
 
 def tiled_apply(function: Callable[[torch.Tensor], torch.Tensor], source: torch.Tensor, out_channels: int,
-                scale: float, max_tile: int, overlap: int, multiple: int = 1) -> torch.Tensor:
+                scale: float, max_tile: int, overlap: int, multiple: int = 1,
+                before_tile: Callable[[], None] | None = None, plan: TilePlan | None = None) -> torch.Tensor:
     """Apply a translation-equivariant-ish ``function`` (B, C, h, w) -> (B, out_channels, h * scale, w * scale) tile by
     tile with blending. ``scale`` may be a fraction (an encoder: 1/4); tiles are planned on the coarser side.
 
     Args:
         max_tile, overlap, multiple: in pixels of the coarser of input and output.
+        before_tile: called before each tile (cancellation checks).
+        plan: tiles planned beforehand (on the coarser side); ``max_tile`` and ``multiple`` are then unused.
     """
     batch, _, height, width = source.shape
     up = scale >= 1
     factor = int(round(scale if up else 1 / scale))
     coarse_h, coarse_w = (height, width) if up else (height // factor, width // factor)
-    plan = plan_tiles(coarse_h, coarse_w, max_tile, overlap, multiple)
+    plan = plan or plan_tiles(coarse_h, coarse_w, max_tile, overlap, multiple)
     if len(plan) == 1:
         return function(source).float()
     out_h, out_w = (coarse_h * factor, coarse_w * factor) if up else (coarse_h, coarse_w)
     blender = Blender((batch, out_channels, out_h, out_w), source.device, plan, overlap, factor if up else 1)
     for rows, cols in plan.windows():
+        if before_tile is not None:
+            before_tile()
         if up:
             tile_in = source[:, :, rows, cols]
         else:

@@ -114,8 +114,9 @@ def test_truncated_files_name_the_file(tmp_path, unet_state):
 def test_swapped_unet_and_autoencoder_say_where_to_connect_them():
     with pytest.raises(WrongModelKindError, match="autoencoder.*UNet|UNet.*autoencoder"):
         load_unet(f"{FIXTURE}/vae.safetensors")
-    with pytest.raises(WrongModelKindError, match="connect it to the UNet"):
+    with pytest.raises(WrongModelKindError, match="give it as unet_path") as caught:
         load_autoencoder(f"{FIXTURE}/unet.safetensors")
+    assert caught.value.found == "unet" and caught.value.expected == "autoencoder"
 
 
 def test_unknown_checkpoints_are_named_as_such(tmp_path, unet_state):

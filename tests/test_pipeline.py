@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -52,10 +53,24 @@ def test_pil_in_pil_out(pipe):
     from PIL import Image
 
     image = Image.new("RGB", (10, 6), (200, 30, 90))
-    out = pipe.upscale(image, seed=0)
-    assert isinstance(out, list) and out[0].size == (40, 24) and out[0].mode == "RGB"
+    out = pipe.upscale(image, seed=0)  # one image in, one image out
+    assert out.size == (40, 24) and out.mode == "RGB"
+    listed = pipe.upscale([image, image], seed=0)  # a list in, a list out
+    assert isinstance(listed, list) and len(listed) == 2 and listed[0].size == (40, 24)
     gray = pipe.upscale(Image.new("L", (5, 5), 128), seed=0)
-    assert gray[0].size == (20, 20)
+    assert gray.size == (20, 20) and gray.mode == "L"  # grayscale stays grayscale, as the command line keeps it
+
+
+def test_rgba_pil_input_keeps_its_alpha_upscaled(pipe):
+    from PIL import Image
+
+    alpha = Image.linear_gradient("L").resize((12, 8))
+    image = Image.new("RGB", (12, 8), (10, 200, 40))
+    image.putalpha(alpha)
+    out = pipe.upscale(image, seed=0)
+    assert out.mode == "RGBA" and out.size == (48, 32)
+    expected = np.asarray(alpha.resize((48, 32), Image.BICUBIC), dtype=np.float32)
+    assert np.abs(np.asarray(out.getchannel("A"), dtype=np.float32) - expected).max() <= 1.0
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -80,12 +95,19 @@ def test_too_large_input_is_refused_before_any_work(pipe):
 def test_progress_callback_and_cancellation(pipe):
     events = []
     pipe.upscale(torch.rand(1, 3, 16, 16), seed=0, callback=events.append)
-    assert [e.step for e in events] == [1, 2, 3, 4] and [e.t for e in events] == [3, 2, 1, 0]
-    assert events[-1].x0_pred.shape == (1, 3, 16, 16)
+    # every network call is a unit: the encoder, the 4 UNet steps, the decoder
+    assert [(e.done, e.total, e.phase) for e in events] == [(1, 6, "encode")] + [
+        (n, 6, "denoise") for n in range(2, 6)] + [(6, 6, "decode")]
+    steps = [e for e in events if e.phase == "denoise"]
+    assert [e.step for e in steps] == [1, 2, 3, 4] and [e.t for e in steps] == [3, 2, 1, 0]
+    assert steps[-1].x0_pred.shape == (1, 3, 16, 16)
+    preview = steps[0].preview()
+    assert preview.shape == (1, 3, 16, 16) and 0 <= preview.min() and preview.max() <= 1
+    assert events[0].preview() is None and events[0].x0_pred is None
     with pytest.raises(CancelledError):
-        pipe.upscale(torch.rand(1, 3, 16, 16), seed=0, cancel=lambda: len(events) >= 6,
+        pipe.upscale(torch.rand(1, 3, 16, 16), seed=0, cancel=lambda: len(events) >= 9,
                      callback=events.append)
-    assert len(events) == 6
+    assert len(events) == 9
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

@@ -130,10 +130,17 @@ def test_tiled_output_agrees_with_untiled_and_shows_no_seams(pipe, photo):
 def test_tiled_run_reports_progress_per_tile_and_can_be_cancelled(pipe, photo):
     events = []
     pipe.upscale(photo[..., :64, :64], seed=1, tile_size=32, tile_overlap=16, vae_tile_size=32,
-                 callback=lambda p: events.append((p.step, p.tile, p.total_tiles)))
-    steps, tiles = pipe.schedule.num_steps, events[0][2]
-    assert tiles > 1 and len(events) == steps * tiles
-    assert events[-1] == (steps, tiles, tiles)
+                 callback=events.append)
+    plan = pipe.last_plan
+    steps, tiles, vae_tiles = pipe.schedule.num_steps, plan.unet_tile_count, plan.vae_tile_count
+    assert tiles > 1 and vae_tiles > 1
+    # one unit per network call: encoder tiles, UNet tiles x steps, decoder tiles; monotone, ending at the total
+    assert len(events) == vae_tiles + steps * tiles + vae_tiles
+    assert [e.done for e in events] == list(range(1, len(events) + 1))
+    assert {e.total for e in events} == {len(events)}
+    denoise = [e for e in events if e.phase == "denoise"]
+    assert [(e.tile, e.total_tiles) for e in denoise[:tiles]] == [(n, tiles) for n in range(1, tiles + 1)]
+    assert all(not torch.isnan(e.x0_pred).any() for e in denoise)  # tiles not yet computed show the last x0
     calls = []
 
     def cancel():
@@ -146,7 +153,8 @@ def test_tiled_run_reports_progress_per_tile_and_can_be_cancelled(pipe, photo):
 
 def test_out_of_memory_is_retried_with_smaller_tiles_and_the_same_noise(pipe, photo, monkeypatch):
     image = photo[..., :64, :64]
-    first_try = TileSettings.for_device(pipe.device, tile_size=64, overlap=16, vae_tile_size=32)
+    first_try = TileSettings.for_device(pipe.device, mode="latent", tile_size=64, overlap=16, vae_tile_size=32,
+                                        vae_overlap=8)
     smaller = first_try.halved(pipe.unet.config.latent_multiple)
     with torch.inference_mode():
         reference = pipe.sample_padded(image * 2 - 1, NoiseSource.from_seed(2), tiles=smaller) * 0.5 + 0.5

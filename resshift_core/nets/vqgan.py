@@ -233,11 +233,25 @@ class Decoder(nn.Module):
 
 
 class VectorQuantizer(nn.Module):
-    """Nearest-codebook quantiser (key ``embedding.weight``: (n_embed, embed_dim))."""
+    """Nearest-codebook quantiser (key ``embedding.weight``: (n_embed, embed_dim)).
+
+    The codebook stays float32 whatever dtype the module is moved to (``.to(torch.float16)``, ``.half()``, a host's
+    memory manager): nearest-code search on half-precision codes flips indices. Device moves apply as usual.
+    """
+
+    keeps_float32 = True
 
     def __init__(self, n_embed: int, embed_dim: int):
         super().__init__()
         self.embedding = nn.Embedding(n_embed, embed_dim)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        weight = self.embedding.weight
+        if weight.is_floating_point() and weight.dtype != torch.float32:
+            with torch.no_grad():
+                weight.data = weight.data.float()
+        return self
 
     # Rows per distance block: 256 x 8192 float32 = 8 MiB stays in cache while it is built, corrected and scanned
     # (2-3x faster than one large block, which is memory-bound), and a large latent never builds its whole matrix.

@@ -1,0 +1,270 @@
+"""How much memory a run needs, found by running it on the ``meta`` device (shapes only, no arithmetic).
+
+The estimate is not a formula kept beside the networks: the pipeline's own code runs on meta tensors while a
+dispatch mode follows the bytes of every live tensor storage, so tiling, blending, padding and every intermediate
+of the networks are counted as they really happen. Network calls are traced once per input shape and then replayed
+from a cache as a spike of their transient peak, so a tiled run of many tiles is estimated in a fraction of a second.
+
+Which peak is reported depends on who allocates:
+
+* CUDA and the CPU with :func:`resshift_core.tune_cpu_allocator` (freed blocks stay in the heap and are reused):
+  the peak of live tensor bytes;
+* the CPU with glibc's default allocator: blocks below its mmap threshold (which adapts up to 32 MiB once large
+  blocks have been freed) are served from the heap, whose resident size only grows during a run, while larger blocks
+  are mapped and unmapped one by one. The peak resident size is then the heap's high-water mark plus the large blocks
+  live at the time, which is what is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit glibc
+# Fixed costs of a run that the meta trace cannot see: kernel workspaces, the allocator's rounding and arenas.
+_CPU_OVERHEAD_BYTES = 64 * 1024 * 1024
+_CUDA_OVERHEAD_BYTES = 128 * 1024 * 1024
+
+
+class TensorMemoryTracker(TorchDispatchMode):
+    """Follows live tensor storages through the ops run under it (use on meta tensors).
+
+    Attributes:
+        live, peak: bytes of live storages created under the tracker, and their maximum.
+        heap_peak: the glibc model's peak (heap high-water mark + mapped blocks live at the time).
+    """
+
+    def __init__(self, mmap_threshold: int = GLIBC_MMAP_THRESHOLD_MAX):
+        super().__init__()
+        self.mmap_threshold = mmap_threshold
+        self.live = self.peak = 0
+        self.small_live = self.small_high_water = self.large_live = self.heap_peak = 0
+        self._finalizers: dict[int, weakref.finalize] = {}
+
+    def _note_peaks(self, extra_live: int = 0, extra_heap: int = 0) -> None:
+        self.peak = max(self.peak, self.live + extra_live)
+        self.small_high_water = max(self.small_high_water, self.small_live)
+        self.heap_peak = max(self.heap_peak, self.small_high_water + self.large_live + extra_heap)
+
+    def _adjust(self, size: int, sign: int) -> None:
+        self.live += sign * size
+        if size < self.mmap_threshold:
+            self.small_live += sign * size
+        else:
+            self.large_live += sign * size
+
+    def track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key in self._finalizers:  # a view of a storage already counted
+            return
+        size = storage.nbytes()
+        self._adjust(size, +1)
+        self._note_peaks()
+        self._finalizers[key] = weakref.finalize(storage, self._release, key, size)
+
+    def _release(self, key: int, size: int) -> None:
+        self._finalizers.pop(key, None)
+        self._adjust(size, -1)
+
+    def spike(self, transient: NetworkTrace) -> None:
+        """Account for a network call replayed from the cache: its transient peak on top of what is live now."""
+        self._note_peaks(transient.peak, transient.heap_peak)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self.track(value)
+        return out
+
+
+@dataclass(frozen=True)
+class NetworkTrace:
+    """One network call traced on meta: its transient peaks (beyond its inputs) and its output's shape."""
+
+    peak: int
+    heap_peak: int
+    output_shape: tuple[int, ...]
+    output_dtype: torch.dtype
+
+
+class MemoryProbe:
+    """Replaces the pipeline's network calls while a run is traced: traces each distinct call once, then replays
+    it as a spike and an empty output of the right shape."""
+
+    def __init__(self, tracker: TensorMemoryTracker, cache: dict):
+        self.tracker = tracker
+        self.cache = cache
+
+    def call(self, name: str, function: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
+        key = (name,) + tuple((tuple(t.shape), t.dtype, t.is_contiguous()) for t in inputs
+                              if isinstance(t, torch.Tensor))
+        trace = self.cache.get(key)
+        if trace is None:
+            inner = TensorMemoryTracker(self.tracker.mmap_threshold)
+            with inner:
+                output = function(*inputs)
+                shape, dtype = tuple(output.shape), output.dtype
+                del output
+            trace = NetworkTrace(inner.peak, inner.heap_peak, shape, dtype)
+            self.cache[key] = trace
+        self.tracker.spike(trace)
+        return torch.empty(trace.output_shape, dtype=trace.output_dtype, device="meta")
+
+
+def weight_bytes(network: nn.Module, dtype: torch.dtype | str | None = None) -> int:
+    """Bytes of a network's parameters and buffers on a device in ``dtype`` (None: as they are). Floating tensors
+    take ``dtype``; the VQ codebook stays float32 (see :class:`~resshift_core.nets.vqgan.VectorQuantizer`)."""
+    from .pipeline import parse_dtype
+
+    target = parse_dtype(dtype) if dtype is not None else None
+    keep_float32 = {id(p) for m in network.modules() if getattr(m, "keeps_float32", False)
+                    for p in m.parameters()}
+    total = 0
+    for tensor in list(network.parameters()) + list(network.buffers()):
+        size = tensor.element_size()
+        if target is not None and tensor.is_floating_point() and id(tensor) not in keep_float32:
+            size = torch.empty((), dtype=target).element_size()
+        total += tensor.numel() * size
+    return total
+
+
+def overhead_bytes(device: torch.device) -> int:
+    """Fixed costs the meta trace cannot see (kernel workspaces, allocator rounding)."""
+    return _CUDA_OVERHEAD_BYTES if device.type == "cuda" else _CPU_OVERHEAD_BYTES
+
+
+def peak_of(tracker: TensorMemoryTracker, device: torch.device) -> int:
+    """The peak that matters on ``device`` (see the module docstring)."""
+    from .runtime import cpu_allocator_tuned
+
+    if device.type == "cpu" and not cpu_allocator_tuned():
+        return tracker.heap_peak
+    return tracker.peak
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes a run may use on ``device`` now: free CUDA memory, or the CPU's available memory (Linux
+    ``MemAvailable``); None when it cannot be told."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as handle:
+                for line in handle:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def estimate_network_memory(descriptor, height: int, width: int, dtype=None, tiles=None, *, batch: int = 1,
+                            device: torch.device = torch.device("cpu")) -> int:
+    """Weights plus the largest working memory of one network's calls on a ``height`` x ``width`` image: the LR
+    input for a UNet, the (up-sampled) image it encodes for an autoencoder. Tiles as ``tiles`` (default: the
+    device's); the tensors of the rest of the run are not counted (ask the pipeline for a whole run)."""
+    from .pipeline import parse_dtype
+    from .planning import padded_side
+    from .tiling import TileSettings, plan_tiles
+
+    dtype = parse_dtype(dtype)
+    tiles = tiles or descriptor.preferred_tiles(device)
+    network = meta_copy(descriptor.network, dtype)
+    config = network.config
+
+    def tile_shape(side_h: int, side_w: int, size: int, overlap: int, multiple: int = 1) -> tuple[int, int]:
+        if tiles.mode == "off" or (tiles.mode == "auto" and max(side_h, side_w) <= size):
+            return side_h, side_w
+        plan = plan_tiles(side_h, side_w, size, overlap, multiple)
+        return plan.rows.size, plan.cols.size
+
+    calls: list[tuple[str, list[torch.Tensor]]] = []
+    if descriptor.kind == "unet":
+        stages = 2 ** config.feature_stages
+        multiple = config.lq_size if descriptor.latent_space else max(1, config.latent_multiple // (
+            descriptor.scale or 1))
+        lr_h, lr_w = padded_side(height, multiple), padded_side(width, multiple)
+        latent_h, latent_w = ((lr_h // stages, lr_w // stages) if descriptor.latent_space
+                              else (lr_h * (descriptor.scale or 1), lr_w * (descriptor.scale or 1)))
+        th, tw = tile_shape(latent_h, latent_w, tiles.tile_size, tiles.overlap, config.latent_multiple)
+        tile_batch = batch * (tiles.batch_size if (th, tw) != (latent_h, latent_w) else 1)
+        calls.append(("unet", [torch.empty(tile_batch, config.in_channels, th, tw, dtype=dtype, device="meta"),
+                               torch.zeros(tile_batch, dtype=torch.long, device="meta"),
+                               torch.empty(tile_batch, config.condition_channels, th, tw, dtype=dtype,
+                                           device="meta")]))
+    else:
+        factor = config.downsample_factor
+        latent_h, latent_w = padded_side(height, factor) // factor, padded_side(width, factor) // factor
+        th, tw = tile_shape(latent_h, latent_w, tiles.vae_tile_size, tiles.vae_overlap)
+        calls.append(("encoder", [torch.empty(batch, config.in_channels, th * factor, tw * factor, dtype=dtype,
+                                              device="meta")]))
+        calls.append(("decoder", [torch.empty(batch, config.z_channels, th, tw, dtype=dtype, device="meta")]))
+    tracker = TensorMemoryTracker()
+    probe = MemoryProbe(tracker, {})
+    while calls:
+        name, inputs = calls.pop(0)
+        for tensor in inputs:  # the inputs occupy memory during the call too
+            tracker.track(tensor)
+        with tracker, torch.inference_mode():
+            probe.call(name, _network_function(network, name), *inputs)
+        del inputs
+    return weight_bytes(descriptor.network, dtype) + peak_of(tracker, device) + overhead_bytes(device)
+
+
+def _network_function(network: nn.Module, name: str) -> Callable[..., torch.Tensor]:
+    if name == "unet":
+        return lambda x, t, features: network(x, t, lq_features=features)
+    if name == "encoder":
+        return network.encode
+    return network.decoder
+
+
+_META_COPIES: dict = {}
+
+
+def meta_copy(network: nn.Module, dtype: torch.dtype, channels_last: bool = True) -> nn.Module:
+    """The same architecture on the meta device (no memory), in ``dtype`` and memory format, built once."""
+    key = (type(network), network.config, dtype, channels_last)
+    copy = _META_COPIES.get(key)
+    if copy is None:
+        with torch.device("meta"):
+            copy = type(network)(network.config)
+        copy.eval().requires_grad_(False)
+        copy.to(dtype=dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        _META_COPIES[key] = copy
+    return copy
+
+
+def trace_run(run: Callable[[], object], probe_cache: dict, device: torch.device,
+              install: Callable[[MemoryProbe | None], None]) -> int:
+    """Peak working bytes of ``run`` (a pipeline run on meta tensors), its network calls replayed from
+    ``probe_cache``; ``install`` puts the probe in place for the run and removes it after (None)."""
+    tracker = TensorMemoryTracker()
+    install(MemoryProbe(tracker, probe_cache))
+    try:
+        with tracker, torch.inference_mode():
+            run()
+    finally:
+        install(None)
+    return peak_of(tracker, device)
+
+
+def describe_bytes(count: int) -> str:
+    return f"{count / 2 ** 30:.2f} GiB" if count >= 2 ** 30 else f"{count / 2 ** 20:.0f} MiB"
+
+
+__all__: Sequence[str] = ["TensorMemoryTracker", "available_memory", "describe_bytes", "weight_bytes"]

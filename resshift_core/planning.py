@@ -1,0 +1,185 @@
+"""Planning a run before it starts: sizes, tiles, the number of network calls, and the relative cost of plans.
+
+A :class:`RunPlan` is what the pipeline runs, what the memory estimate traces and what progress counts are made of,
+so the three always agree. The cost model compares plans of one image: the work of the networks is counted once per
+architecture on the meta device (FLOPs of two small sizes), then extrapolated as ``a * area + b * area^2``: the
+convolutions and windowed attention grow with the area, the autoencoder's global attention with its square.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .tiling import TilePlan, TileSettings, plan_tiles
+
+#: "auto" keeps the untiled (official) computation while it costs at most this much more than the tiled one.
+AUTO_COST_LIMIT = 1.5
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run of a batch, decided before it starts.
+
+    Attributes:
+        batch: images run together.
+        height, width: the LR input; padded_height, padded_width: after padding to the padding multiple.
+        latent_height, latent_width: the latent the UNet runs on.
+        scale: output / input size.
+        steps: network calls of the chain (1 for one-step runs).
+        one_step: a single network call at t = T-1 whose x0 prediction is the result (SinSR).
+        latent_space: whether an autoencoder runs (False for pixel-space models).
+        unet_tiles, vae_tiles: tile plans (latent pixels), None when that network runs on the whole latent.
+        tiles: the settings the plan was made from (overlaps, tile batch).
+    """
+
+    batch: int
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    latent_height: int
+    latent_width: int
+    scale: int
+    steps: int
+    one_step: bool
+    latent_space: bool
+    unet_tiles: TilePlan | None
+    vae_tiles: TilePlan | None
+    tiles: TileSettings
+
+    @property
+    def unet_tile_count(self) -> int:
+        return len(self.unet_tiles) if self.unet_tiles is not None else 1
+
+    @property
+    def vae_tile_count(self) -> int:
+        return len(self.vae_tiles) if self.vae_tiles is not None else 1
+
+    @property
+    def encode_calls(self) -> int:
+        return self.vae_tile_count if self.latent_space else 0
+
+    @property
+    def unet_calls(self) -> int:
+        return self.steps * self.unet_tile_count
+
+    @property
+    def decode_calls(self) -> int:
+        return self.vae_tile_count if self.latent_space else 0
+
+    @property
+    def network_calls(self) -> int:
+        """Progress units of the run: encoder tiles, UNet tiles x steps, decoder tiles."""
+        return self.encode_calls + self.unet_calls + self.decode_calls
+
+    @property
+    def is_official(self) -> bool:
+        """True when no network is cut into more than one tile: the official computation."""
+        return self.unet_tile_count == 1 and (self.vae_tile_count == 1 or not self.latent_space)
+
+    def describe(self) -> str:
+        if self.is_official:
+            return "untiled (the official computation)"
+        parts = []
+        if self.unet_tile_count > 1:
+            parts.append(f"UNet in {self.unet_tile_count} tiles of {self.unet_tiles.rows.size}x"
+                         f"{self.unet_tiles.cols.size}")
+        if self.latent_space and self.vae_tile_count > 1:
+            parts.append(f"autoencoder in {self.vae_tile_count} tiles of {self.vae_tiles.rows.size}x"
+                         f"{self.vae_tiles.cols.size}")
+        return "tiled: " + ", ".join(parts) + " (latent pixels)"
+
+    def metadata(self) -> dict:
+        """How the run was computed, for the output file's metadata."""
+        return {"tiling": "off" if self.is_official else "latent", "unet_tiles": self.unet_tile_count,
+                "unet_tile": [self.unet_tiles.rows.size, self.unet_tiles.cols.size] if self.unet_tiles else None,
+                "autoencoder_tiles": self.vae_tile_count if self.latent_space else 0,
+                "autoencoder_tile": ([self.vae_tiles.rows.size, self.vae_tiles.cols.size]
+                                     if self.vae_tiles and self.latent_space else None)}
+
+
+def padded_side(side: int, multiple: int) -> int:
+    return math.ceil(side / multiple) * multiple
+
+
+def make_plan(*, height: int, width: int, batch: int, scale: int, padding_multiple: int, latent_factor: int,
+              latent_multiple: int, steps: int, one_step: bool, latent_space: bool, tiles: TileSettings,
+              tile_unet: bool, tile_vae: bool) -> RunPlan:
+    """The plan of one run; ``tile_unet`` / ``tile_vae`` say whether that network is cut (one tile if it fits).
+
+    Args:
+        latent_factor: output pixels per latent pixel (the autoencoder's factor; 1 in pixel space).
+    """
+    padded_h, padded_w = padded_side(height, padding_multiple), padded_side(width, padding_multiple)
+    latent_h, latent_w = padded_h * scale // latent_factor, padded_w * scale // latent_factor
+    unet_tiles = plan_tiles(latent_h, latent_w, tiles.tile_size, tiles.overlap, latent_multiple) if tile_unet \
+        else None
+    vae_tiles = plan_tiles(latent_h, latent_w, tiles.vae_tile_size, tiles.vae_overlap) if tile_vae else None
+    return RunPlan(batch, height, width, padded_h, padded_w, latent_h, latent_w, scale, 1 if one_step else steps,
+                   one_step, latent_space, unet_tiles, vae_tiles, tiles)
+
+
+# ----------------------------------------------------------------------------------------------------- costs
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_val=None, **kwargs) -> int:
+    """Q K^T and P V of scaled_dot_product_attention (FlopCounterMode has no formula for the fused kernels)."""
+    *batch, queries, depth = query_shape
+    keys, value_depth = key_shape[-2], value_shape[-1]
+    return 2 * math.prod(batch) * queries * keys * (depth + value_depth)
+
+
+def flop_counter():
+    """A FlopCounterMode that also counts scaled_dot_product_attention (as called, and its CPU flash kernel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mapping = {}
+    for name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"):
+        op = getattr(torch.ops.aten, name, None)
+        if op is not None:
+            mapping[op] = _sdpa_flops
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+@lru_cache(maxsize=32)
+def _area_cost_terms(kind: str, config, latent_multiple: int, factor: int) -> tuple[float, float]:
+    """(a, b) of FLOPs(latent area A) = a A + b A^2 for one call of a network, from two meta-device counts."""
+    from .nets.unet import ResShiftUNet
+    from .nets.vqgan import VQAutoencoder
+
+    with torch.device("meta"):
+        network = (ResShiftUNet(config) if kind == "unet" else VQAutoencoder(config)).eval()
+    sides = (latent_multiple * 2, latent_multiple * 4) if kind == "unet" else (16, 32)
+    counts = []
+    for side in sides:
+        with torch.device("meta"), torch.inference_mode(), flop_counter() as counter:
+            if kind == "unet":
+                latent = torch.empty(1, config.in_channels, side, side)
+                features = torch.empty(1, config.condition_channels, side, side)
+                network(latent, torch.zeros(1, dtype=torch.long), lq_features=features)
+            else:
+                image = torch.empty(1, config.in_channels, side * factor, side * factor)
+                network.decoder(network.post_quant_conv(network.encode(image)))
+        counts.append(counter.get_total_flops())
+    (area1, area2), (flops1, flops2) = (sides[0] ** 2, sides[1] ** 2), counts
+    quadratic = max(0.0, (flops2 / area2 - flops1 / area1) / (area2 - area1))
+    return flops1 / area1 - quadratic * area1, quadratic
+
+
+def plan_cost(plan: RunPlan, unet_config, vq_config=None, latent_factor: int = 4) -> float:
+    """Relative work of a plan (FLOPs of every network call, batch included), to compare plans of one image."""
+    def tiles_cost(tile_plan, height, width, terms) -> float:
+        a, b = terms
+        if tile_plan is None:
+            return a * height * width + b * (height * width) ** 2
+        area = tile_plan.rows.size * tile_plan.cols.size
+        return len(tile_plan) * (a * area + b * area ** 2)
+
+    unet_terms = _area_cost_terms("unet", unet_config, unet_config.latent_multiple, 1)
+    cost = plan.steps * tiles_cost(plan.unet_tiles, plan.latent_height, plan.latent_width, unet_terms)
+    if plan.latent_space and vq_config is not None:
+        vae_terms = _area_cost_terms("autoencoder", vq_config, 1, latent_factor)
+        cost += tiles_cost(plan.vae_tiles, plan.latent_height, plan.latent_width, vae_terms)
+    return cost * plan.batch
