@@ -1,0 +1,1 @@
+"""Stand-in of ComfyUI's ``comfy`` package for the node contract tests."""
