@@ -57,6 +57,24 @@ def webui(tmp_path, monkeypatch):
     _forget_host_modules()
 
 
+@pytest.fixture
+def core_calls(monkeypatch):
+    """Replaces the core's run by a nearest-neighbour x4 that records its keyword arguments, for tests about what
+    the extension does around the run (the real run is covered by the tests without this fixture)."""
+    import torch.nn.functional as F
+    from resshift_core.images import finish_output, prepare_input
+
+    calls = []
+
+    def fake_upscale(self, images, **kwargs):
+        calls.append(kwargs)
+        batch, pil_context = prepare_input(images)
+        return finish_output(F.interpolate(batch, scale_factor=self.scale, mode="nearest"), pil_context)
+
+    monkeypatch.setattr(rc.ResShiftPipeline, "upscale", fake_upscale)
+    return calls
+
+
 def entry(host, name=V3):
     return next(data for data in host.shared.sd_upscalers if data.name == name)
 
@@ -117,7 +135,7 @@ def test_fixed_seed_repeats_and_reaches_the_infotext(webui):
     assert post.info == {"ResShift seed": "7"}
 
 
-def test_random_seed_is_drawn_per_image_and_written_down(webui):
+def test_random_seed_is_drawn_per_image_and_written_down(webui, core_calls):
     data = entry(webui)
     webui.shared.opts.resshift_seed = -1
     state = webui.shared.state
@@ -127,11 +145,12 @@ def test_random_seed_is_drawn_per_image_and_written_down(webui):
     data.scaler.upscale(image, 4, data.data_path)
     p = types.SimpleNamespace(extra_generation_params={})
     webui.script.ScriptResShiftSeed().postprocess_batch(p)
-    seeds = [int(s) for s in p.extra_generation_params["ResShift seed"].split(", ")]
-    assert len(seeds) in (1, 2) and all(0 <= s < 2 ** 31 for s in seeds)
+    seeds = [call["seed"] for call in core_calls]
+    assert len(seeds) == 2 and all(0 <= seed < 2 ** 31 for seed in seeds)
+    assert p.extra_generation_params["ResShift seed"] == ", ".join(map(str, dict.fromkeys(seeds)))
 
 
-def test_scale_below_4_runs_once_and_resizes_down(webui, monkeypatch):
+def test_scale_below_4_runs_once_and_resizes_down(webui, monkeypatch, core_calls):
     data = entry(webui)
     calls = count_runs(monkeypatch, data.scaler)
     result = data.scaler.upscale(pattern(12, 8), 2, data.data_path)
@@ -142,12 +161,13 @@ def test_scale_below_4_runs_once_and_resizes_down(webui, monkeypatch):
 def test_scale_above_4_is_refused_instead_of_a_second_pass(webui, monkeypatch):
     data = entry(webui)
     calls = count_runs(monkeypatch, data.scaler)
-    with pytest.raises(rc.ResShiftError, match="at most 4"):
+    with pytest.raises(rc.InvalidArgumentError, match="at most 4") as caught:
         data.scaler.upscale(pattern(12, 8), 8, data.data_path)
     assert calls == []
+    assert str(caught.value).startswith("the upscale factor must be at most 4")
 
 
-def test_alpha_is_kept(webui):
+def test_alpha_is_kept(webui, core_calls):
     data = entry(webui)
     result = data.scaler.upscale(pattern(12, 8, "RGBA"), 4, data.data_path)
     assert result.mode == "RGBA" and result.size == (48, 32)
@@ -172,12 +192,14 @@ def test_progress_counters_move_and_extras_bar_is_not_full_before_the_end(webui,
         seen.append((state.job_no, state.sampling_step, state.sampling_steps))
 
     monkeypatch.setattr(progress.Bridge, "on_step", watch)
+    webui.shared.opts.live_previews_enable = True
     data.scaler.upscale(pattern(12, 8), 4, data.data_path)
     assert seen, "no progress reported"
     steps = [step for _, step, _ in seen]
-    assert steps == sorted(steps) and steps[-1] == seen[-1][2] >= 4
+    assert steps == sorted(steps) and steps[-1] == seen[-1][2] >= 4 + 2  # encoder, 4 steps, decoder
     assert {job_no for job_no, _, _ in seen} == {0}
     assert state.job_no == 1  # put back after the run
+    assert state.current_image is not None and state.current_image.mode == "RGB"  # the core's cheap preview
 
 
 def test_interrupt_raises_instead_of_returning_a_lanczos_image(webui):
@@ -211,19 +233,32 @@ def test_missing_weights_and_failed_download_give_the_core_offline_message(webui
     with pytest.raises(rc.ResShiftError) as caught:
         data.scaler.upscale(pattern(12, 8), 4, data.data_path)
     message = str(caught.value)
-    assert "SinSR_v1.pth" in message and str(webui.folder) in message and rc.RELEASES["sinsr-v1"].url in message
+    assert isinstance(caught.value, rc.OfflineError)
+    assert str(webui.folder / "SinSR_v1.pth") in message and rc.RELEASES["sinsr-v1"].url in message
+    assert "Temporary failure in name resolution" in message and "S-Lab License 1.0" in message
+    assert [file.name for file in caught.value.files] == ["SinSR_v1.pth"]  # the autoencoder is there
     assert webui.modelloader.download_attempts[0][0] == rc.RELEASES["sinsr-v1"].url
+
+
+def test_every_missing_file_is_named_at_once(webui):
+    for path in webui.folder.iterdir():
+        path.unlink()
+    data = entry(webui)
+    with pytest.raises(rc.OfflineError) as caught:
+        data.scaler.upscale(pattern(12, 8), 4, data.data_path)
+    assert [file.name for file in caught.value.files] == ["resshift_realsrx4_s4_v3.pth", "autoencoder_vq_f4.pth"]
 
 
 def test_download_switched_off_does_not_try(webui):
     webui.shared.opts.resshift_download = False
     data = entry(webui, "SinSR 4x v1")
-    with pytest.raises(rc.ResShiftError, match="SinSR_v1.pth"):
+    with pytest.raises(rc.OfflineError, match="SinSR_v1.pth") as caught:
         data.scaler.upscale(pattern(12, 8), 4, data.data_path)
     assert webui.modelloader.download_attempts == []
+    assert "Settings > Upscaling > Download missing ResShift weights" in str(caught.value)
 
 
-def test_downloaded_files_are_used(webui):
+def test_downloaded_files_are_used(webui, core_calls):
     release = rc.RELEASES["realsr-v1"]
     webui.modelloader.remote_files[release.url] = UNET.read_bytes()
     data = entry(webui, "ResShift 4x real-world v1")
@@ -243,26 +278,19 @@ def test_settings_are_registered_in_the_upscaling_section(webui):
     assert "S-Lab License 1.0" in labels["resshift_download"].comment_after
 
 
-def test_tile_setting_reaches_the_core_and_zero_means_no_tiling(webui, monkeypatch):
+def test_tile_setting_reaches_the_core_and_zero_means_no_tiling(webui, core_calls):
     data = entry(webui)
-    received = []
-    original = rc.ResShiftPipeline.upscale
-
-    def spy(self, images, **kwargs):
-        received.append({k: kwargs.get(k) for k in ("tiling", "tile_size", "tile_overlap", "seed")})
-        return original(self, images, **kwargs)
-
-    monkeypatch.setattr(rc.ResShiftPipeline, "upscale", spy)
     webui.shared.opts.resshift_tile_size = 0
     data.scaler.upscale(pattern(12, 8), 4, data.data_path)
     webui.shared.opts.resshift_tile_size = 64
     webui.shared.opts.resshift_tile_overlap = 16
     data.scaler.upscale(pattern(12, 8), 4, data.data_path)
-    assert received[0]["tiling"] == "off"
-    assert received[1] == {"tiling": "auto", "tile_size": 64, "tile_overlap": 16, "seed": 7}
+    assert core_calls[0]["tiling"] == "off"
+    assert {k: core_calls[1].get(k) for k in ("tiling", "tile_size", "tile_overlap", "seed")} == {
+        "tiling": "auto", "tile_size": 64, "tile_overlap": 16, "seed": 7}
 
 
-def test_model_stays_loaded_unless_the_setting_says_otherwise(webui):
+def test_model_stays_loaded_unless_the_setting_says_otherwise(webui, core_calls):
     data = entry(webui)
     data.scaler.upscale(pattern(12, 8), 4, data.data_path)
     kept = data.scaler._pipeline
@@ -282,7 +310,7 @@ def test_no_half_and_dtype_setting_choose_the_precision(webui):
     assert scaler.device_and_dtype()[1] == torch.bfloat16
 
 
-def test_forge_memory_is_freed_before_a_run(webui, monkeypatch):
+def test_forge_memory_is_freed_before_a_run(webui, monkeypatch, core_calls):
     calls = []
     memory_management = types.SimpleNamespace(
         free_memory=lambda required, device, **kw: calls.append(("free", required)),
@@ -291,7 +319,9 @@ def test_forge_memory_is_freed_before_a_run(webui, monkeypatch):
     monkeypatch.setitem(sys.modules, "backend.memory_management", memory_management)
     data = entry(webui)
     data.scaler.upscale(pattern(12, 8), 4, data.data_path)
-    assert calls and calls[0][0] in ("free", "unload_all")
+    data.scaler.upscale(pattern(12, 8), 4, data.data_path)
+    assert calls[0] == ("unload_all",)  # nothing of ours loaded yet: everything goes
+    assert calls[1][0] == "free" and calls[1][1] > data.scaler._pipeline.weight_bytes()  # the core's estimate
 
 
 def test_fixed_upscaler_list_of_reforge_gets_our_entries_once(webui):

@@ -17,17 +17,18 @@ def forge_memory_management():
     return memory_management if all(hasattr(memory_management, name) for name in needed) else None
 
 
-def free_memory_for(pipe, height: int, width: int) -> None:
-    """On Forge, make room for a run on ``height`` x ``width`` input pixels: Forge keeps the Stable Diffusion
-    model on the device until someone asks for the memory."""
+def free_memory_for(pipe, height: int, width: int, tiling: dict) -> None:
+    """On Forge, make room for a run on ``height`` x ``width`` input pixels (the core's estimate for the loaded
+    pipeline, or everything before the first load): Forge keeps the Stable Diffusion model on the device until
+    someone asks for the memory."""
     memory_management = forge_memory_management()
     if memory_management is None:
         return
-    estimate = getattr(pipe, "estimate_memory", None)
+    estimate = getattr(pipe, "estimate_memory", None)  # None before the first run: free everything then
     if estimate is None:
         memory_management.unload_all_models()
         return
-    memory_management.free_memory(int(estimate(height, width)), memory_management.get_torch_device())
+    memory_management.free_memory(int(estimate(height, width, **tiling)), memory_management.get_torch_device())
 
 
 def ensure_listed(modelloader, shared, upscaler_class, name_prefixes) -> None:

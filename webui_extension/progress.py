@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+from resshift_core.images import tensor_to_pil
+
 _lock = threading.Lock()
 _extras_image: tuple | None = None  # (job identity, job_no) of the Extras image being processed
 _seeds: dict[tuple, list[int]] = {}  # job identity -> seeds used in that job, in order
@@ -49,21 +51,14 @@ def seeds_infotext(seeds: list[int]) -> str | None:
     return str(unique[0]) if len(unique) == 1 else ", ".join(str(seed) for seed in seeds)
 
 
-def step_counts(step) -> tuple[int, int]:
-    """(done, total) network calls of the whole run from a core ``StepProgress``."""
-    done, total = getattr(step, "done", None), getattr(step, "total", None)
-    if done is not None and total is not None:
-        return int(done), int(total)
-    # Before the core reports whole-run counts: calls are (step - 1) * tiles + tile of steps * tiles.
-    return (step.step - 1) * step.total_tiles + step.tile, step.total_steps * step.total_tiles
-
-
 class Bridge:
-    """Context manager around one core run: moves ``sampling_step`` / ``sampling_steps`` and answers the core's
-    cancel polls from ``interrupted`` / ``skipped``."""
+    """Context manager around one core run: moves ``sampling_step`` / ``sampling_steps`` (the core's whole-run
+    network-call counts), shows the core's cheap x0 preview as the live preview, and answers the core's cancel polls
+    from ``interrupted`` / ``skipped``."""
 
-    def __init__(self, state):
+    def __init__(self, state, previews: bool = False):
         self.state = state
+        self.previews = previews
         self._job_shift = 0
 
     def __enter__(self) -> Bridge:
@@ -81,9 +76,12 @@ class Bridge:
         self._job_shift = 0
 
     def on_step(self, step) -> None:
-        done, total = step_counts(step)
-        self.state.sampling_steps = total
-        self.state.sampling_step = min(done, total)
+        """Called by the core after every network call (encoder, UNet per tile and step, decoder)."""
+        self.state.sampling_steps = step.total
+        self.state.sampling_step = step.done
+        preview = step.preview() if self.previews else None
+        if preview is not None:
+            self.state.assign_current_image(tensor_to_pil(preview)[0])
 
     def should_stop(self) -> bool:
         return bool(self.state.interrupted or self.state.skipped)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from resshift_core.releases import LICENSE_URL, WEIGHTS_LICENSE
+from resshift_core import LICENSE_URL, WEIGHTS_LICENSE, Vocabulary
 
 SECTION = ("upscaling", "Upscaling")
 DTYPE_CHOICES = ("Automatic", "float32", "float16", "bfloat16")
@@ -40,11 +40,32 @@ SETTINGS = (
 )
 
 DEFAULTS = {setting.key: setting.default for setting in SETTINGS}
+LABELS = {setting.key: setting.label for setting in SETTINGS}
+
+# How the core's advice names what a WebUI user controls.
+VOCABULARY = Vocabulary(names={
+    "seed": f"Settings > Upscaling > {LABELS['resshift_seed']}",
+    "tile_size": f"Settings > Upscaling > {LABELS['resshift_tile_size']}",
+    "tile_overlap": f"Settings > Upscaling > {LABELS['resshift_tile_overlap']}",
+    "tiling": f"Settings > Upscaling > {LABELS['resshift_tile_size']}",
+    "dtype": f"Settings > Upscaling > {LABELS['resshift_dtype']}",
+    "offline": f"Settings > Upscaling > {LABELS['resshift_download']}",
+    "release": "the upscaler (one entry per release)",
+    "unet": "the model file in models/ResShift (or --resshift-models-path)",
+    "autoencoder": "the autoencoder file in models/ResShift (or --resshift-models-path)",
+    "cache_dir": "models/ResShift (or --resshift-models-path)",
+    "scale": "the upscale factor",
+}, setting="{name} = {value}")
 
 
 def value(opts, key: str):
     """The current value of one of our options (its default before the settings page has registered it)."""
     return getattr(opts, key, DEFAULTS[key])
+
+
+def live_previews(opts) -> bool:
+    """The WebUI's own "Show live previews" setting."""
+    return bool(getattr(opts, "live_previews_enable", False))
 
 
 def register(shared, gradio) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -18,11 +19,9 @@ from modules import devices, modelloader, shared
 from modules.upscaler import LANCZOS, Upscaler, UpscalerData
 
 import resshift_core as rc
-from resshift_core.hub import fetch_file
-from resshift_core.images import pil_to_tensor, tensor_to_pil
+from resshift_core.errors import NeededFile, missing_files_message
 from resshift_core.pipeline import parse_dtype
-from resshift_core.releases import (AUTOENCODERS, LICENSE_URL, WEIGHTS_LICENSE, autoencoder_for_file_name,
-                                    release_for_file_name)
+from resshift_core.releases import AUTOENCODERS, autoencoder_for_file_name, release_for_file_name
 
 from . import forge, progress, settings
 
@@ -84,32 +83,35 @@ class UpscalerResShift(Upscaler):
 
     def release_files(self, release) -> tuple[str, str]:
         """Paths of a release's UNet and autoencoder, downloading what is missing through the WebUI's downloader
-        when the settings allow it; otherwise the core's message says what to download and where to put it."""
-        autoencoder = AUTOENCODERS[release.autoencoder]
-        wanted = [(release.file_name, release.url), (autoencoder.file_name, autoencoder.url)]
+        when the settings allow it. Raises the core's ``OfflineError`` naming every file still missing, where to
+        download it from and where to save it."""
         local = self.local_files()
         folder = self.download_folder()
-        for file_name, url in wanted:
-            if file_name in local:
+        download = settings.value(shared.opts, "resshift_download")
+        missing, failures = [], []
+        for item in (release, AUTOENCODERS[release.autoencoder]):
+            if item.file_name in local:
                 continue
-            if settings.value(shared.opts, "resshift_download"):
-                logger.info("downloading %s for %s (weights under the %s: %s)", file_name, release.name,
-                            WEIGHTS_LICENSE, LICENSE_URL)
+            if download:
+                logger.info("downloading %s for %s (weights under the %s: %s)", item.file_name, release.name,
+                            rc.WEIGHTS_LICENSE, rc.LICENSE_URL)
                 try:
-                    local[file_name] = modelloader.load_file_from_url(url, model_dir=folder, file_name=file_name)
+                    local[item.file_name] = modelloader.load_file_from_url(item.url, model_dir=folder,
+                                                                           file_name=item.file_name)
                     continue
-                except (OSError, RuntimeError, ValueError) as error:
-                    logger.warning("could not download %s: %s", url, error)
-                    self._raise_missing(file_name, url, folder, error)
-            self._raise_missing(file_name, url, folder, None)
-        return local[release.file_name], local[autoencoder.file_name]
-
-    @staticmethod
-    def _raise_missing(file_name: str, url: str, folder: str, cause: BaseException | None):
-        """Raise the core's offline error for a file that is not in ``folder`` (its wording says where from and
-        where to)."""
-        fetch_file(file_name, url, cache_dir=folder, download=False)
-        raise rc.ResShiftError(f"{file_name} could not be found in {folder}") from cause  # appeared meanwhile
+                except (OSError, RuntimeError, ValueError) as error:  # offline, HTTP error, checksum
+                    logger.warning("could not download %s: %s", item.url, error)
+                    failures.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+            missing.append(NeededFile(item.file_name, item.url, Path(folder) / item.file_name))
+        if missing:
+            reason = ("the WebUI could not download them: " + "; ".join(dict.fromkeys(failures)) if failures
+                      else "downloading is off ({arg:offline})")
+            message = (missing_files_message(missing, reason)
+                       + f"\nThe weights are licensed by their authors under the {rc.WEIGHTS_LICENSE}: {rc.LICENSE_URL}")
+            error = rc.OfflineError(message, url=missing[0].url, path=missing[0].path)
+            error.files = tuple(missing)
+            raise error
+        return local[release.file_name], local[AUTOENCODERS[release.autoencoder].file_name]
 
     # ---------------------------------------------------------------------------------------------- running
     def load_model(self, path: str):
@@ -141,10 +143,11 @@ class UpscalerResShift(Upscaler):
         key = (unet_path, autoencoder_path, str(device), str(dtype))
         if self._pipeline_key != key:
             self.unload()
+            unet = rc.load_model(unet_path, expect="unet", release=release)
+            autoencoder = rc.load_model(autoencoder_path, expect="autoencoder")
             # Under --lowvram / --medvram the networks wait on the CPU and visit the device only while they run.
             home = "cpu" if self.offload() else device
-            self._pipeline = rc.ResShiftPipeline.from_files(unet_path, autoencoder_path, release=release,
-                                                            device=home, dtype=dtype)
+            self._pipeline = rc.ResShiftPipeline.from_loaded(unet, autoencoder, device=home, dtype=dtype)
             self._pipeline_key = key
         return self._pipeline
 
@@ -158,7 +161,16 @@ class UpscalerResShift(Upscaler):
         devices.torch_gc()
 
     def upscale(self, img: Image.Image, scale: float, selected_model: str | None = None) -> Image.Image:
-        """One model run (exactly x4), then a Lanczos down-scale to the WebUI's target when it is smaller."""
+        """One model run (exactly x4), then a Lanczos down-scale to the WebUI's target when it is smaller.
+
+        Errors keep their type; their advice is worded with the WebUI's names for the settings."""
+        try:
+            return self._upscale(img, scale, selected_model)
+        except rc.ResShiftError as error:
+            error.template = error.render(settings.VOCABULARY)
+            raise
+
+    def _upscale(self, img: Image.Image, scale: float, selected_model: str | None) -> Image.Image:
         self.scale = scale
         target_w = int((img.width * scale) // 8 * 8)  # the WebUI's own target rule (multiples of 8)
         target_h = int((img.height * scale) // 8 * 8)
@@ -166,9 +178,10 @@ class UpscalerResShift(Upscaler):
             return img.resize((target_w, target_h), resample=LANCZOS)  # a down-scale needs no model
         factor = self.release_for(selected_model).scale
         if target_w > img.width * factor or target_h > img.height * factor:
-            raise rc.ResShiftError(
-                f"ResShift upscales by exactly {factor} in one run; {img.width}x{img.height} to {target_w}x{target_h} "
-                f"is x{scale:g}. Choose a scale of at most {factor}, or upscale the result again in a second step")
+            raise rc.InvalidArgumentError(
+                "scale", scale, f"at most {factor}: ResShift upscales by exactly {factor} in one run (asked "
+                f"{img.width}x{img.height} -> {target_w}x{target_h})",
+                "choose a smaller scale, or upscale the result again in a second step")
         if shared.state.interrupted:
             raise rc.CancelledError("the run was interrupted before it started")
         result = self.do_upscale(img, selected_model)
@@ -177,23 +190,21 @@ class UpscalerResShift(Upscaler):
         return result
 
     def do_upscale(self, img: Image.Image, selected_model: str | None) -> Image.Image:
-        """(W, H) PIL image -> (4W, 4H) PIL image of the same mode family (RGBA keeps its alpha)."""
+        """(W, H) PIL image -> (4W, 4H) PIL image of the same kind (RGBA keeps its alpha, upscaled by the core)."""
         release = self.release_for(selected_model)
         device_dtype = self.device_and_dtype()
         seed = int(settings.value(shared.opts, "resshift_seed"))
         if seed < 0:
             seed = random.randrange(2 ** 31 - 1)
         with self._lock:
+            forge.free_memory_for(self._pipeline, img.height, img.width, self.tiling())  # before our weights move
             pipe = self.pipeline_for(release, device_dtype)
-            forge.free_memory_for(pipe, img.height, img.width)
-            lr = pil_to_tensor(img)
-            alpha = img.getchannel("A") if "A" in img.getbands() else None
             try:
                 if self.offload():
                     pipe.to(device_dtype[0])
-                with progress.Bridge(shared.state) as bridge:
-                    hr = pipe.upscale(lr, seed=seed, callback=bridge.on_step, cancel=bridge.should_stop,
-                                      **self.tiling())
+                with progress.Bridge(shared.state, previews=settings.live_previews(shared.opts)) as bridge:
+                    result = pipe.upscale(img, seed=seed, callback=bridge.on_step, cancel=bridge.should_stop,
+                                          **self.tiling())
             except rc.CancelledError:
                 if shared.state.skipped and not shared.state.interrupted:
                     return img  # the WebUI discards a skipped image
@@ -205,28 +216,14 @@ class UpscalerResShift(Upscaler):
                     self.unload()
                 else:
                     devices.torch_gc()
-        result = tensor_to_pil(hr)[0]
-        if alpha is not None:
-            result.putalpha(upscale_alpha(alpha, result.width, result.height))
         progress.record_seed(shared.state, seed)
         return result
 
     @staticmethod
     def tiling() -> dict:
+        """The core's tiling arguments from the settings (tile sizes in input pixels = latent pixels at x4)."""
         tile_size = int(settings.value(shared.opts, "resshift_tile_size"))
         if tile_size <= 0:
             return {"tiling": "off"}
         return {"tiling": "auto", "tile_size": tile_size,
                 "tile_overlap": int(settings.value(shared.opts, "resshift_tile_overlap"))}
-
-
-def upscale_alpha(alpha: Image.Image, width: int, height: int) -> Image.Image:
-    """An 'L' alpha channel resized to the result (the core's rule when it has one, else bicubic)."""
-    core_rule = getattr(rc, "upscale_alpha", None)
-    if core_rule is not None:
-        import numpy as np
-
-        values = np.asarray(alpha, dtype=np.float32) / 255.0
-        resized = np.asarray(core_rule(values, width, height), dtype=np.float32)
-        return Image.fromarray((resized.clip(0, 1) * 255).round().astype("uint8"), "L")
-    return alpha.resize((width, height), resample=Image.BICUBIC)

@@ -68,8 +68,12 @@ class State:
         self.interrupted = False
         self.skipped = False
         self.textinfo = None
+        self.current_image = None
         self.time_start = time.time()
         self.job_timestamp = time.strftime("%Y%m%d%H%M%S")
+
+    def assign_current_image(self, image):
+        self.current_image = image
 
     def nextjob(self):
         self.job_no += 1
