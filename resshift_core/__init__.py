@@ -39,8 +39,16 @@ from .models import ModelDescriptor, load_model
 from .nets import ResShiftUNet, UNetConfig, VQAutoencoder, VQConfig
 from .pipeline import ResShiftLatent, ResShiftPipeline
 from .planning import RunPlan
-from .releases import AUTOENCODERS, DEFAULT_RELEASE, DEFAULT_SEED, LICENSE_URL, RELEASES, WEIGHTS_LICENSE, Release, \
-    get_release
+from .releases import (
+    AUTOENCODERS,
+    DEFAULT_RELEASE,
+    DEFAULT_SEED,
+    LICENSE_URL,
+    RELEASES,
+    WEIGHTS_LICENSE,
+    Release,
+    get_release,
+)
 from .runtime import tune_cpu_allocator
 from .sampler import NoiseSource, StepProgress
 from .schedule import Schedule, ScheduleParams

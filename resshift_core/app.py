@@ -48,7 +48,7 @@ DEFAULT_MAX_PIXELS = 1024 * 1024
 MAX_SEED = 2 ** 63 - 1
 GRADIO_HINT = "pip install gradio  (or, from a checkout: pip install -e .[app])"
 
-#: Optional tiling arguments of ``ResShiftPipeline.upscale`` the page exposes when the installed pipeline has them.
+#: Tiling arguments of ``ResShiftPipeline.upscale`` the page exposes.
 TILE_OPTIONS = ("tile_size", "tile_overlap")
 
 ProgressFn = Callable[[Optional[float], str], None]
@@ -56,23 +56,6 @@ ProgressFn = Callable[[Optional[float], str], None]
 
 class AppSetupError(ResShiftError):
     """The app cannot start (gradio missing or too old, inconsistent arguments)."""
-
-
-def upscale_options() -> set[str]:
-    """Names of the keyword arguments ``ResShiftPipeline.upscale`` accepts (the page adapts to them)."""
-    from .pipeline import ResShiftPipeline
-
-    return set(inspect.signature(ResShiftPipeline.upscale).parameters)
-
-
-def supported_tile_options() -> list[str]:
-    options = upscale_options()
-    return [name for name in TILE_OPTIONS if name in options]
-
-
-def default_chop_size() -> int:
-    """0 (off) when the pipeline tiles large images itself, else the official 512 px patches."""
-    return 0 if supported_tile_options() else OFFICIAL_CHOP_SIZE
 
 
 # ---------------------------------------------------------------------------------------------------- settings
@@ -225,7 +208,6 @@ class UpscaleService:
     def __init__(self, settings: AppSettings):
         self.settings = settings
         self.pipelines = PipelineCache(settings)
-        self.tile_options = supported_tile_options()
         if settings.output_dir:
             self.output_dir = Path(settings.output_dir)
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -388,7 +370,7 @@ class UpscaleService:
         for name, value in (("tile_size", tile_size), ("tile_overlap", tile_overlap)):
             if value is not None and value < 0:
                 raise InputImageError(f"{name.replace('_', ' ')} cannot be negative")
-            if name in self.tile_options and value:
+            if value:
                 extra[name] = int(value)
 
         label = "local files" if choice == LOCAL_CHOICE else choice
@@ -419,8 +401,15 @@ class UpscaleService:
         chopping = chop is not None and (width > chop or height > chop)
 
         def on_step(step) -> None:
-            where = {"encode": "encoding", "decode": "decoding"}.get(step.phase, f"step {step.step}/{step.total_steps}")
-            report(step.fraction, f"{where} ({step.done}/{step.total} network calls)")
+            if step.phase != "denoise":
+                where = "encoding" if step.phase == "encode" else "decoding"
+            else:
+                where = f"step {step.step or '?'}/{step.total_steps or '?'}" if step.step else "step"
+            if chopping:  # official patches: one complete run per patch, one after the other
+                where += f", patch {step.tile}/{step.total_tiles}"
+            elif step.total_tiles > 1:
+                where += f", tile {step.tile}/{step.total_tiles}"
+            report(step.fraction, where)
 
         run_lock = self.pipelines.run_lock(choice)
         if not run_lock.acquire(blocking=False):
@@ -643,16 +632,13 @@ def build_demo(service: UpscaleService, *, slider: bool | None = None):
                     tile_inputs = []
                     tile_labels = {"tile_size": "tile size (latent px = LR px for x4; 0 = automatic)",
                                    "tile_overlap": "tile overlap (latent px; 0 = automatic)"}
-                    if service.tile_options:
-                        gr.Markdown("Large images are cut into overlapping latent tiles, blended smoothly, with one "
-                                    "noise field; images that fit one tile run unchanged.")
+                    gr.Markdown("Images run untiled (the official computation) while that fits in memory and costs "
+                                "at most 1.5x the tiled run; larger ones are cut into overlapping latent tiles, "
+                                "blended smoothly, with one noise field. A tile size here always tiles.")
                     for name in TILE_OPTIONS:
-                        if name in service.tile_options:
-                            tile_inputs.append(gr.Number(value=0, precision=0, minimum=0, label=tile_labels[name],
-                                                         elem_id=name.replace("_", "-")))
-                        else:
-                            tile_inputs.append(gr.State(None))
-                    chop_size = gr.Number(value=default_chop_size(), precision=0, minimum=0,
+                        tile_inputs.append(gr.Number(value=0, precision=0, minimum=0, label=tile_labels[name],
+                                                     elem_id=name.replace("_", "-")))
+                    chop_size = gr.Number(value=0, precision=0, minimum=0,
                                           label="official chop size (LR px; independent runs on patches averaged; "
                                                 "0 = off)", elem_id="chop-size")
                     chop_stride = gr.Number(value=0, precision=0, minimum=0,

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import math
 import os
@@ -291,23 +290,7 @@ def _cpu_peak_mib() -> float:
 
 
 # ------------------------------------------------------------------------------------------------------- FLOPs
-def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_val=None, **kwargs) -> int:
-    """Q K^T and P V of scaled_dot_product_attention (the CPU kernel has no formula in FlopCounterMode)."""
-    *batch, queries, depth = query_shape
-    keys, value_depth = key_shape[-2], value_shape[-1]
-    return 2 * math.prod(batch) * queries * keys * (depth + value_depth)
-
-
-def flop_counter():
-    from torch.utils.flop_counter import FlopCounterMode
-
-    mapping = {}
-    for name in ("_scaled_dot_product_flash_attention_for_cpu",):
-        op = getattr(torch.ops.aten, name, None)
-        if op is not None:
-            mapping[op] = _sdpa_flops
-    return FlopCounterMode(display=False, custom_mapping=mapping)
-
+from .planning import flop_counter  # noqa: E402  (counts SDPA too)
 
 _COMPONENTS = {"ResShiftUNet": "unet", "Encoder": "vae_encoder", "Decoder": "vae_decoder"}
 
@@ -330,39 +313,26 @@ def chop_stride(case: Case, options: argparse.Namespace) -> int:
     return options.chop_stride or OFFICIAL_CHOP_STRIDES.get(case.chop, case.chop - case.chop // 8)
 
 
-def upscale_kwargs(pipe, case: Case, options: argparse.Namespace) -> tuple[dict, str | None]:
-    """Keyword arguments of ``upscale`` for a case, and why the case cannot run (None when it can).
-
-    Tiling arguments are passed only when ``upscale`` has them (untiled cases then ask for ``tiling="off"``)."""
-    params = inspect.signature(pipe.upscale).parameters
-    kwargs: dict = {}
-    has_tiling = "tiling" in params
+def upscale_kwargs(case: Case, options: argparse.Namespace) -> dict:
+    """Keyword arguments of ``upscale`` for a case: untiled and chopped cases run with ``tiling="off"``, tiled ones
+    with ``--tiling-mode`` and the tile options given."""
     if case.mode == "chop":
-        kwargs["chop_size"] = case.chop
-        kwargs["chop_stride"] = chop_stride(case, options)
-        if has_tiling:
-            kwargs["tiling"] = "off"
-    elif case.mode == "off":
-        if has_tiling:
-            kwargs["tiling"] = "off"
-    else:
-        if not has_tiling:
-            return {}, "not available: this pipeline has no latent tiling (upscale(tiling=...))"
-        kwargs["tiling"] = options.tiling_mode
-        for option, param in (("tile_size", "tile_size"), ("tile_overlap", "tile_overlap"),
-                              ("vae_tile_size", "vae_tile_size"), ("tile_batch_size", "tile_batch_size")):
-            value = getattr(options, option)
-            if value is not None:
-                if param not in params:
-                    return {}, f"not available: upscale() has no {param} argument"
-                kwargs[param] = value
-    return kwargs, None
+        return {"chop_size": case.chop, "chop_stride": chop_stride(case, options), "tiling": "off"}
+    if case.mode == "off":
+        return {"tiling": "off"}
+    kwargs: dict = {"tiling": options.tiling_mode}
+    for option in ("tile_size", "tile_overlap", "vae_tile_size", "tile_batch_size"):
+        value = getattr(options, option)
+        if value is not None:
+            kwargs[option] = value
+    return kwargs
 
 
 def build_pipeline(case: Case, paths: tuple[str, str], device, dtype, meta: bool = False,
                    channels_last: bool = True):
-    """The pipeline of a case from weight files; ``meta``: the same networks on the meta device (no data)."""
-    from .checkpoints import load_autoencoder, load_unet
+    """The pipeline of a case from weight files, built like a host builds it (descriptors, ``from_loaded``);
+    ``meta``: the same networks on the meta device (no data; ``paths`` are then configs)."""
+    from .models import descriptor_for, load_model
     from .nets.unet import ResShiftUNet
     from .nets.vqgan import VQAutoencoder
     from .pipeline import ResShiftPipeline
@@ -373,13 +343,11 @@ def build_pipeline(case: Case, paths: tuple[str, str], device, dtype, meta: bool
         unet_config, vq_config = paths  # configs, not paths
         with torch.device("meta"):
             unet, autoencoder = ResShiftUNet(unet_config), VQAutoencoder(vq_config)
-        return ResShiftPipeline(unet, autoencoder, release.schedule, release.scale, one_step=release.one_step,
-                                release=release, device="meta", dtype=torch.float32, channels_last=channels_last)
-    loaded = load_unet(paths[0], release)
-    autoencoder = load_autoencoder(paths[1])
-    return ResShiftPipeline(loaded.model, autoencoder, loaded.schedule or release.schedule, release.scale,
-                            one_step=loaded.one_step, release=release, device=device, dtype=dtype,
-                            channels_last=channels_last)
+        return ResShiftPipeline.from_loaded(descriptor_for(unet, release=release), descriptor_for(autoencoder),
+                                            device="meta", dtype=torch.float32, channels_last=channels_last)
+    unet = load_model(paths[0], expect="unet", release=release)
+    autoencoder = load_model(paths[1], expect="autoencoder")
+    return ResShiftPipeline.from_loaded(unet, autoencoder, device=device, dtype=dtype, channels_last=channels_last)
 
 
 def chop_patch_count(size: int, chop: int, stride: int) -> int:
@@ -406,9 +374,7 @@ def count_flops_meta(case: Case, configs, options) -> dict | None:
     from .nets.layers import NearestUpsampleConv
 
     pipe = build_pipeline(case, configs, "meta", torch.float32, meta=True)
-    kwargs, missing = upscale_kwargs(pipe, case, options)
-    if missing:
-        return None
+    kwargs = upscale_kwargs(case, options)
     # The official graph runs its upsampling convs on the upsampled map; adding back what that costs gives the work
     # the official code does for this output, so that GFLOP/s can also be read as an effective rate.
     saved = [0]
@@ -486,19 +452,17 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
                     "device": str(device), "threads": torch.get_num_threads(), "channels_last": options.channels_last,
                     "cpu_allocator": "heap (runtime.tune_cpu_allocator)" if cpu_allocator_tuned() else "default"}
     pipe = build_pipeline(case, paths, device, dtype, channels_last=options.channels_last)
-    kwargs, missing = upscale_kwargs(pipe, case, options)
-    if missing:
-        record["status"] = missing
-        return record
+    kwargs = upscale_kwargs(case, options)
     if options.compile:
-        if not hasattr(pipe, "compile"):
-            record["status"] = "not available: this pipeline has no compile()"
-            return record
         pipe.compile()
         record["compiled"] = True
     image = input_image(case.size).to(device)
     record.update(input=[case.size, case.size], input_source=getattr(input_image, "source", "?"),
                   upscale_kwargs=kwargs)
+    if case.mode != "chop":  # the library's own estimate of what the run needs beyond the weights, to compare
+        record["estimated_working_mib"] = pipe.working_memory(case.size, case.size, **kwargs) / _MIB
+        record["plan"] = pipe.plan(case.size, case.size, tiles=pipe.tile_settings(**{
+            k: v for k, v in kwargs.items() if k != "tiling"}, tiling=kwargs.get("tiling"))).describe()
 
     def one_run():
         _sync(device)
@@ -590,7 +554,8 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 
 def format_table(records: list[dict], peaks: dict) -> str:
-    header = ["case", "dtype", "in -> out", "s/img", "min s", "1st run s", "MP/s", "peak MiB", "+MiB", "GFLOP",
+    header = ["case", "dtype", "in -> out", "s/img", "min s", "1st run s", "MP/s", "peak MiB", "+MiB", "est +MiB",
+              "GFLOP",
               "GFLOP/s", "peak", "% peak", "% conv", "PSNR/fp32", "unet/enc/dec s", "cpu use"]
     rows = [header]
     notes, effective_notes = [], []
@@ -613,7 +578,8 @@ def format_table(records: list[dict], peaks: dict) -> str:
             r["case"], r["dtype"], f"{r['input'][0]}x{r['input'][1]} -> {r['output'][0]}x{r['output'][1]}",
             _fmt(r["seconds"], ".2f"), _fmt(r["seconds_min"], ".2f"), _fmt(r.get("first_run_seconds"), ".2f"),
             _fmt(r["megapixels_per_second"], ".4f"), _fmt(r["peak_memory_mib"], ".0f"),
-            _fmt(r["memory_growth_mib"], ".0f"), _fmt(r["flops"] / 1e9, ".0f"), _fmt(r["gflops_per_second"], ".1f"),
+            _fmt(r["memory_growth_mib"], ".0f"), _fmt(r.get("estimated_working_mib"), ".0f"),
+            _fmt(r["flops"] / 1e9, ".0f"), _fmt(r["gflops_per_second"], ".1f"),
             _fmt(peak, ".1f"), _fmt(100 * r["gflops_per_second"] / peak if peak else None, ".0f"),
             _fmt(100 * r["gflops_per_second"] / conv_peak if conv_peak else None, ".0f"),
             _fmt(r.get("psnr_vs_fp32"), ".1f"),
@@ -635,6 +601,11 @@ def format_table(records: list[dict], peaks: dict) -> str:
                          + (f", cpu use {use:.0%} of {r.get('threads', '?')} threads" if use is not None else "")
                          + ": other processes probably competed for the device; 'min s' is the better estimate")
     notes += effective_notes
+    for r in records:
+        if r.get("status") == "ok" and r.get("estimated_working_mib") and r.get("memory_growth_mib"):
+            notes.append(f"{r['case']} {r['dtype']}: {r.get('plan', '')}; memory beyond the weights measured "
+                         f"{r['memory_growth_mib']:.0f} MiB ({r['memory_kind']}), estimated "
+                         f"{r['estimated_working_mib']:.0f} MiB ({r['estimated_working_mib'] / r['memory_growth_mib']:.2f}x)")
     methods = sorted({r.get("flops_method") for r in records if r.get("status") == "ok"})
     if methods:
         notes.append("FLOPs: " + "; ".join(methods))
@@ -658,7 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=12345, help="weights and noise seed")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per case (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="un-timed runs before timing")
-    parser.add_argument("--tiling-mode", default="auto", choices=["auto", "latent"], help="mode of -tiled cases")
+    parser.add_argument("--tiling-mode", default="latent", choices=["auto", "latent"],
+                        help="mode of -tiled cases (default latent: always tiled)")
     parser.add_argument("--tile-size", type=int, help="UNet tile (latent px) of -tiled cases")
     parser.add_argument("--tile-overlap", type=int)
     parser.add_argument("--vae-tile-size", type=int)
@@ -675,7 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip reduced-precision cases predicted to take longer per run (0: never skip)")
     parser.add_argument("--peak-seconds", type=float, default=2.0,
                         help="time budget of one peak measurement (sizes grow until one call takes a quarter of it)")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE ('-': print them)")
     parser.add_argument("--save-weights", help="keep the random weight files in this folder")
     parser.add_argument("--in-process", action="store_true",
                         help="run every case in this process (peak memory then depends on earlier cases)")
@@ -737,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nAny [TAG-]SIZE[-tiled|-chopN] works too, e.g. 128, v1-256-tiled, bicsr-64.")
         return 0
 
-    from .checkpoints import load_autoencoder, load_unet
+    from .models import load_model
     from .pipeline import parse_dtype
     from .releases import AUTOENCODERS, get_release
 
@@ -753,8 +725,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (options.unet and options.autoencoder):
             raise SystemExit("--unet and --autoencoder go together")
         paths = {name: (options.unet, options.autoencoder) for name in releases}
-        unet_config = load_unet(options.unet, releases[0]).model.config
-        vq_config = load_autoencoder(options.autoencoder).config
+        unet_config = load_model(options.unet, expect="unet", release=releases[0]).network.config
+        vq_config = load_model(options.autoencoder, expect="autoencoder").network.config
         configs = {name: (unet_config, vq_config) for name in releases}
         weights = f"files {options.unet}, {options.autoencoder}"
     else:
@@ -844,9 +816,10 @@ def main(argv: list[str] | None = None) -> int:
           + "; '% peak' (matmul) and '% conv' use the better of two measurements made right before and after each "
             "case's timed runs")
     print(format_table(records, peaks))
-    print()
-    print(json.dumps(report, indent=1, default=str))
-    if options.json:
+    if options.json == "-":
+        print()
+        print(json.dumps(report, indent=1, default=str))
+    elif options.json:
         Path(options.json).write_text(json.dumps(report, indent=1, default=str))
     return 0
 

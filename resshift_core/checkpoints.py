@@ -44,7 +44,8 @@ METADATA_PREFIX = "resshift."
 FORMAT_VERSION = "1"
 _WRAPPER_KEYS = ("state_dict", "params_ema", "ema", "model", "params", "net")
 _PREFIXES = ("module.", "_orig_mod.")
-_BUFFER_SUFFIXES = (".attn_mask", ".relative_position_index")
+# Swin buffers stored in some checkpoints: recomputed from the architecture, not learnt (not parameters).
+BUFFER_SUFFIXES = (".attn_mask", ".relative_position_index")
 UNET_KIND, AUTOENCODER_KIND = "unet", "autoencoder"
 
 
@@ -314,10 +315,10 @@ def load_into(model: torch.nn.Module, tensors: Mapping[str, torch.Tensor], path:
     expected = model.state_dict()
     tensors = dict(tensors)
     for key in list(tensors):
-        if key not in expected and key.endswith(_BUFFER_SUFFIXES):
+        if key not in expected and key.endswith(BUFFER_SUFFIXES):
             del tensors[key]  # e.g. a mask for a size this build does not shift at; recomputed anyway
     for key, value in expected.items():
-        if key not in tensors and key.endswith(_BUFFER_SUFFIXES):
+        if key not in tensors and key.endswith(BUFFER_SUFFIXES):
             tensors[key] = value
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
@@ -366,7 +367,7 @@ class CheckpointIdentity:
         path: the file, or None for a state dict.
         metadata: the safetensors metadata (empty for .pth files).
         release: the release it belongs to (UNet), when known.
-        release_source: how the release was decided: ``"argument"``, ``"metadata"`` or ``"file name"``.
+        release_source: how the release was decided: ``"argument"``, ``"file metadata"`` or ``"file name"``.
         schedule: its noise schedule (UNet), None when it cannot be known.
         one_step: SinSR-style single network call.
         scale: output / input size, when known without the autoencoder.
@@ -419,7 +420,7 @@ def _architecture_matches(release: Release, config: UNetConfig) -> bool:
                                      config.feature_stages, config.cond_mask))
 
 
-def _identify_raw(raw: RawCheckpoint, release: str | Release | None = None) -> CheckpointIdentity:
+def identify_raw(raw: RawCheckpoint, release: str | Release | None = None) -> CheckpointIdentity:
     """Identify canonical tensors: kind, architecture, release (argument > metadata > official file name),
     schedule (argument's release > metadata > identified release) and what the metadata says of itself."""
     kind = detect_kind(raw.tensors)
@@ -438,9 +439,10 @@ def _identify_raw(raw: RawCheckpoint, release: str | Release | None = None) -> C
         found, source = release, "argument"
     elif release:
         found, source = get_release(release), "argument"
-    elif meta.get(METADATA_PREFIX + "release"):
-        found, source = get_release(meta[METADATA_PREFIX + "release"]), "metadata"
-    elif file_name:
+    elif meta.get(METADATA_PREFIX + "release") and meta[METADATA_PREFIX + "release"].replace("_", "-").lower() in \
+            RELEASES:
+        found, source = get_release(meta[METADATA_PREFIX + "release"]), "file metadata"
+    if found is None and file_name:
         found = release_for_file_name(file_name)
         source = "file name" if found else None
     schedule_values = _metadata_json(meta, "schedule")
@@ -482,7 +484,7 @@ def identify_checkpoint(source: str | os.PathLike | Mapping, *, release: str | R
     Raises:
         CheckpointError subclasses for unreadable, unsafe or damaged files.
     """
-    return _identify_raw(as_raw_checkpoint(source, name), release)
+    return identify_raw(as_raw_checkpoint(source, name), release)
 
 
 def _read_expecting(path: str | os.PathLike, wanted: str) -> RawCheckpoint:

@@ -118,7 +118,16 @@ class OfflineError(DownloadError):
     """The file is missing and cannot be fetched: offline mode, unreachable host, or an HTTP error such as 404.
 
     The message names the file, the URL (and release page when known), and the path where to put the file by hand.
+
+    Attributes:
+        files: every missing file of the request (:class:`~resshift_core.errors.NeededFile`), so that a user puts
+            them all in place at once.
     """
+
+    def __init__(self, message: str, *, url: str | None = None, path: os.PathLike | None = None,
+                 files: tuple = ()) -> None:
+        super().__init__(message, url=url, path=path)
+        self.files = tuple(files)
 
 
 class ChecksumError(DownloadError):

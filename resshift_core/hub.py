@@ -2,38 +2,68 @@
 
 Layout: ``<cache>/<official file name>`` (the cache folder is ``RESSHIFT_CACHE`` or ``~/.cache/resshift``, see
 :func:`resshift_core.download.default_cache_dir`). Users who download by hand put the files there, or pass paths.
+When files cannot be had, one :class:`~resshift_core.download.OfflineError` names every missing file of the request
+at once, with where to download it from and where to save it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from .download import OfflineError, default_cache_dir, download_file
-from .releases import AUTOENCODERS, LICENSE_URL, WEIGHTS_LICENSE, Release, get_release
+from .errors import NeededFile, missing_files_message
+from .releases import AUTOENCODERS, LICENSE_URL, WEIGHTS_LICENSE, AutoencoderRelease, Release, get_release
 
 logger = logging.getLogger(__name__)
 
-def fetch_file(file_name: str, url: str, sha256: str | None = None, *, cache_dir: str | os.PathLike | None = None,
-               download: bool = True, progress=True) -> Path:
-    """One official file from the cache folder, downloaded when missing (and ``download`` allows it).
+WeightFile = Release | AutoencoderRelease
+
+
+def fetch_files(files: Sequence[WeightFile], *, cache_dir: str | os.PathLike | None = None, download: bool = True,
+                progress=True) -> list[Path]:
+    """Paths of official weight files (releases and autoencoders) in the cache, downloading what is missing.
 
     Raises:
-        OfflineError: missing and not downloadable; the message says from where and to where.
+        OfflineError: some files are missing and cannot be had; ``.files`` lists all of them, and the message says
+            from where to where for each.
     """
     folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    destination = folder / file_name
-    if not download:
-        if destination.is_file():
-            return destination
-        raise OfflineError(f"{file_name} is not in the cache and downloading is off: download it from {url} "
-                           f"and save it as {destination}", url=url, path=destination)
-    folder.mkdir(parents=True, exist_ok=True)
-    if not destination.exists():
-        logger.info("downloading %s (weights licensed under the %s: %s)", file_name, WEIGHTS_LICENSE, LICENSE_URL)
-    return download_file(url, destination, expected_sha256=sha256, progress=progress,
-                         source_page=url.rsplit("/", 1)[0].replace("/download/", "/tag/"))
+    paths: list[Path] = []
+    missing: list[NeededFile] = []
+    reasons: list[str] = []
+    for item in files:
+        destination = folder / item.file_name
+        if destination.is_file() and not download:
+            paths.append(destination)
+            continue
+        if not download:
+            missing.append(NeededFile(item.file_name, item.url, destination))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        if not destination.exists():
+            logger.info("downloading %s (weights licensed under the %s: %s)", item.file_name, WEIGHTS_LICENSE,
+                        LICENSE_URL)
+        try:
+            paths.append(download_file(item.url, destination, expected_sha256=item.sha256, progress=progress,
+                                       source_page=item.url.rsplit("/", 1)[0].replace("/download/", "/tag/")))
+        except OfflineError as error:
+            missing.append(NeededFile(item.file_name, item.url, destination))
+            reasons.append(str(error).splitlines()[0])
+    if missing:
+        reason = "downloading is off ({arg:offline})" if not download else "; ".join(dict.fromkeys(reasons))
+        message = missing_files_message(missing, reason) + (
+            f"\nThe weights are licensed by their authors under the {WEIGHTS_LICENSE}: {LICENSE_URL}")
+        raise OfflineError(message, url=missing[0].url, path=missing[0].path, files=tuple(missing))
+    return paths
+
+
+def release_files(name: str | Release, autoencoder: str | None = None) -> list[WeightFile]:
+    """The files a release needs: its UNet and its autoencoder (or the named one)."""
+    release = name if isinstance(name, Release) else get_release(name)
+    return [release, AUTOENCODERS[autoencoder or release.autoencoder]]
 
 
 def fetch_release_files(name: str | Release, *, cache_dir: str | os.PathLike | None = None, download: bool = True,
@@ -43,12 +73,9 @@ def fetch_release_files(name: str | Release, *, cache_dir: str | os.PathLike | N
     Returns:
         (unet_path, autoencoder_path, release).
     Raises:
-        OfflineError: a file is missing and cannot be downloaded; the message says from where and to where.
+        OfflineError: files are missing and cannot be downloaded; the message names all of them.
     """
     release = name if isinstance(name, Release) else get_release(name)
-    autoencoder = AUTOENCODERS[release.autoencoder]
-    unet_path = fetch_file(release.file_name, release.url, release.sha256, cache_dir=cache_dir, download=download,
-                           progress=progress)
-    autoencoder_path = fetch_file(autoencoder.file_name, autoencoder.url, autoencoder.sha256, cache_dir=cache_dir,
-                                  download=download, progress=progress)
+    unet_path, autoencoder_path = fetch_files(release_files(release), cache_dir=cache_dir, download=download,
+                                              progress=progress)
     return unet_path, autoencoder_path, release

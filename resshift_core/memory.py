@@ -179,7 +179,7 @@ def estimate_network_memory(descriptor, height: int, width: int, dtype=None, til
     device's); the tensors of the rest of the run are not counted (ask the pipeline for a whole run)."""
     from .pipeline import parse_dtype
     from .planning import padded_side
-    from .tiling import TileSettings, plan_tiles
+    from .tiling import plan_tiles
 
     dtype = parse_dtype(dtype)
     tiles = tiles or descriptor.preferred_tiles(device)

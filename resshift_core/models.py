@@ -23,10 +23,10 @@ from .checkpoints import (
     AUTOENCODER_KIND,
     UNET_KIND,
     CheckpointIdentity,
-    _identify_raw,
     as_raw_checkpoint,
     check_kind,
     detect_kind,
+    identify_raw,
     load_into,
 )
 from .nets.unet import ResShiftUNet, UNetConfig
@@ -154,7 +154,7 @@ def load_model(source: str | os.PathLike | Mapping, *, expect: str | None = None
         raise ValueError(f"expect must be 'unet', 'autoencoder' or None, got {expect!r}")
     raw = as_raw_checkpoint(source, name)
     check_kind(raw, detect_kind(raw.tensors), expect)
-    identity = _identify_raw(raw, release)
+    identity = identify_raw(raw, release)
     network: nn.Module
     if identity.kind == UNET_KIND:
         network = ResShiftUNet(identity.config)

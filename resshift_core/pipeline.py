@@ -30,7 +30,7 @@ from .checkpoints import resolve_schedule
 from .errors import InputImageError, InvalidArgumentError, ResShiftError, WrongModelKindError
 from .images import as_image_batch, finish_output, prepare_input
 from .memory import available_memory, meta_copy, overhead_bytes, trace_run, weight_bytes
-from .models import ModelDescriptor, descriptor_for, load_model
+from .models import ModelDescriptor, load_model
 from .nets.unet import ResShiftUNet
 from .nets.vqgan import VQAutoencoder
 from .planning import AUTO_COST_LIMIT, RunPlan, make_plan, plan_cost
@@ -363,13 +363,15 @@ class ResShiftPipeline:
         (a model trained on crops).
         """
         if tiling is None:
-            tiling = "latent" if (tile_size or vae_tile_size or self.model_tile_size) else "auto"
-        tile_size = tile_size or self.model_tile_size
+            given = tile_size is not None or vae_tile_size is not None
+            tiling = "latent" if given or self.model_tile_size else "auto"
+        if tile_size is None:
+            tile_size = self.model_tile_size
         defaults = TileSettings.for_device(self.device)
         # A smaller tile than the default keeps a proportionate default overlap (a quarter of the tile at most).
-        if tile_overlap is None and tile_size:
+        if tile_overlap is None and tile_size is not None and tile_size > 0:
             tile_overlap = min(defaults.overlap, tile_size // 4)
-        vae_overlap = min(defaults.vae_overlap, vae_tile_size // 4) if vae_tile_size else None
+        vae_overlap = min(defaults.vae_overlap, vae_tile_size // 4) if vae_tile_size and vae_tile_size > 0 else None
         settings = TileSettings.for_device(self.device, mode=tiling, tile_size=tile_size, overlap=tile_overlap,
                                            vae_tile_size=vae_tile_size, vae_overlap=vae_overlap,
                                            batch_size=tile_batch_size)
@@ -500,6 +502,30 @@ class ResShiftPipeline:
         return torch.linalg.lstsq(design.double(), colours.double()).solution.float()  # (C + 1, 3)
 
     # ------------------------------------------------------------------------------------------------ stages
+    def _autoencoder_pass(self, run, phase: str, source: torch.Tensor, out_channels: int, scale: float,
+                          latent_size: tuple[int, int], tiles: TileSettings | None, plan: RunPlan | None,
+                          progress: _Progress | None, cancel: CancelCheck | None) -> torch.Tensor:
+        """One encoder or decoder pass, tiled as ``plan`` (or ``tiles`` other than "off") says, each tile a
+        counted, cancellable network call."""
+        if plan is not None:
+            vae_tiles, overlap = plan.vae_tiles, plan.tiles.vae_overlap
+        elif tiles is not None and tiles.mode != "off":
+            vae_tiles = plan_tiles(*latent_size, tiles.vae_tile_size, tiles.vae_overlap)
+            overlap = tiles.vae_overlap
+        else:
+            vae_tiles, overlap = None, 0
+
+        def one_tile(tile: torch.Tensor) -> torch.Tensor:
+            check_cancel(cancel)
+            out = run(tile)
+            if progress is not None:
+                progress.advance(1, phase)
+            return out
+
+        if vae_tiles is None or len(vae_tiles) == 1:
+            return one_tile(source)
+        return tiled_apply(one_tile, source, out_channels, scale, 0, overlap, plan=vae_tiles)
+
     def encode(self, image_m11: torch.Tensor, tiles: TileSettings | None = None, plan: RunPlan | None = None,
                progress: _Progress | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1], H and W multiples of the autoencoder factor -> float32 latent (pixel space: the
@@ -508,25 +534,9 @@ class ResShiftPipeline:
             return image_m11.float()
         image = image_m11.to(self.device, self.dtype)
         factor = self.latent_factor
-        if plan is None and tiles is not None and tiles.mode != "off":
-            plan_tile = plan_tiles(image.shape[-2] // factor, image.shape[-1] // factor, tiles.vae_tile_size,
-                                   tiles.vae_overlap)
-            vae_tiles, overlap = plan_tile, tiles.vae_overlap
-        else:
-            vae_tiles = plan.vae_tiles if plan is not None else None
-            overlap = plan.tiles.vae_overlap if plan is not None else 0
-
-        def encode_tile(tile: torch.Tensor) -> torch.Tensor:
-            check_cancel(cancel)
-            latent = self._run_encoder(tile)
-            if progress is not None:
-                progress.advance(1, "encode")
-            return latent
-
-        if vae_tiles is None or len(vae_tiles) == 1:
-            return encode_tile(image)
-        return tiled_apply(encode_tile, image, self.autoencoder.config.embed_dim, 1 / factor, 0, overlap,
-                           plan=vae_tiles)
+        return self._autoencoder_pass(self._run_encoder, "encode", image, self.autoencoder.config.embed_dim,
+                                      1 / factor, (image.shape[-2] // factor, image.shape[-1] // factor), tiles,
+                                      plan, progress, cancel)
 
     def decode(self, latent: torch.Tensor, tiles: TileSettings | None = None, plan: RunPlan | None = None,
                progress: _Progress | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
@@ -540,32 +550,9 @@ class ResShiftPipeline:
             return latent.float()
         autoencoder = self.autoencoder
         latent = latent.to(self.device)
-        quantized = autoencoder.quantize(latent.float()).to(self.dtype)
-        features = autoencoder.post_quant_conv(quantized)
-        del quantized
-        if plan is None and tiles is not None and tiles.mode != "off":
-            vae_tiles = plan_tiles(latent.shape[-2], latent.shape[-1], tiles.vae_tile_size, tiles.vae_overlap)
-            overlap = tiles.vae_overlap
-        else:
-            vae_tiles = plan.vae_tiles if plan is not None else None
-            overlap = plan.tiles.vae_overlap if plan is not None else 0
-
-        def decode_tile(tile: torch.Tensor) -> torch.Tensor:
-            check_cancel(cancel)
-            image = self._run_decoder(tile)
-            if progress is not None:
-                progress.advance(1, "decode")
-            return image
-
-        if vae_tiles is None or len(vae_tiles) == 1:
-            return decode_tile(features)
-        return tiled_apply(decode_tile, features, autoencoder.config.out_ch, self.latent_factor, 0, overlap,
-                           plan=vae_tiles)
-
-    def _condition_source(self, padded: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
-        """The LR condition at the size the UNet's LR path expects (latent x 2^stages): the padded LR image for the
-        released latent models, the up-sampled image for pixel-space ones."""
-        return padded if self.latent_space else upsampled
+        features = autoencoder.post_quant_conv(autoencoder.quantize(latent.float()).to(self.dtype))
+        return self._autoencoder_pass(self._run_decoder, "decode", features, autoencoder.config.out_ch,
+                                      self.latent_factor, tuple(latent.shape[-2:]), tiles, plan, progress, cancel)
 
     def _encode_stage(self, lr_m11: torch.Tensor, mask_m11: torch.Tensor | None, images: torch.Tensor | None,
                       plan: RunPlan, progress: _Progress | None, cancel: CancelCheck | None,

@@ -53,3 +53,44 @@ def tune_cpu_allocator() -> bool:
 def cpu_allocator_tuned() -> bool:
     """Whether :func:`tune_cpu_allocator` has put its setting in force in this process."""
     return bool(_applied)
+
+
+_DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def resolve_device(requested: str | None = "auto", local_rank: int | None = None) -> str:
+    """A device name from what a user asked for: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``,
+    ``cuda:N``, ``mps`` or ``xpu``. Under a launcher that runs one process per GPU, ``local_rank`` picks the GPU.
+
+    Raises:
+        InvalidArgumentError: an unknown device type, or one this machine does not have.
+    """
+    import torch
+
+    from .errors import InvalidArgumentError
+
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda" if local_rank is None else f"cuda:{local_rank % torch.cuda.device_count()}"
+        return "cpu"
+    kind, _, index = requested.partition(":")
+    if kind not in _DEVICE_TYPES or (index and not index.isdigit()):
+        raise InvalidArgumentError("device", requested, "auto, cpu, cuda, cuda:N, mps or xpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+                 "xpu": bool(getattr(torch, "xpu", None) and torch.xpu.is_available())}[kind]
+    if not available:
+        raise InvalidArgumentError("device", requested, "a device this machine has",
+                                   advice=f"{kind} is not available here; use {{set:device=cpu}} or "
+                                          f"{{set:device=auto}}")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise InvalidArgumentError("device", requested, f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if kind == "cuda" and not index and local_rank is not None:
+        return f"cuda:{local_rank}"  # one GPU per process, as torchrun means it
+    return requested
+
+
+def default_dtype(device: str) -> str:
+    """fp16 on CUDA (as the official code runs), fp32 elsewhere."""
+    return "fp16" if str(device).startswith("cuda") else "fp32"

@@ -31,7 +31,6 @@ from resshift_core.app import (
     UpscaleService,
     comparison_html,
     parse_args,
-    supported_tile_options,
 )
 from resshift_core.errors import CancelledError, InputImageError, ResShiftError
 
@@ -132,8 +131,9 @@ def test_service_run_gives_a_4x_png_with_per_step_progress(service):
         assert image.size == (128, 128)
     steps = [desc for _, desc in progress.calls if desc and desc.startswith("step")]
     assert steps == ["step 1/4", "step 2/4", "step 3/4", "step 4/4"]
-    fractions = [f for f, desc in progress.calls if desc and desc.startswith("step")]
-    assert fractions == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    # the bar counts every network call of the run: encoder, 4 UNet steps, decoder
+    fractions = [f for f, desc in progress.calls if desc and desc[:4] in ("step", "enco", "deco")]
+    assert fractions == pytest.approx([n / 6 for n in range(1, 7)])
 
 
 def test_same_seed_same_image_random_seed_is_reported(service):
@@ -156,16 +156,14 @@ def test_chopped_run_reports_patches(service):
 
 
 def test_latent_tiling_options_reach_the_pipeline(service):
-    if "tile_size" not in supported_tile_options():
-        pytest.skip("this ResShiftPipeline.upscale has no tile_size")
     progress = Recorder()
     wide = astronaut(24).crop((0, 0, 24, 16))
     result = service.run(wide, LOCAL_CHOICE, seed=1, tile_size=16, tile_overlap=4,
                          progress=lambda fraction, desc: progress(fraction, desc))
-    assert result.output_size == (96, 64) and "latent tiles" in result.summary
-    fractions = [f for f, desc in progress.calls if desc and desc.startswith("step")]
+    assert result.output_size == (96, 64) and "UNet in 3 tiles" in result.summary
+    fractions = [f for f, desc in progress.calls if desc and desc[:4] in ("step", "enco", "deco")]
     assert any("tile " in desc for _, desc in progress.calls if desc)
-    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)  # decoding ends the run
 
 
 def test_input_checks(service, tmp_path):
@@ -225,15 +223,6 @@ def test_pipeline_cache_loads_each_model_once_under_concurrency(monkeypatch):
     assert loads == [LOCAL_CHOICE] and len({id(pipe) for pipe in got}) == 1
     cache.get("realsr-v3")  # max_loaded=1: the local pipeline is dropped
     assert not cache.loaded(LOCAL_CHOICE) and cache.loaded("realsr-v3")
-
-
-def test_tile_options_follow_the_pipeline_signature():
-    import inspect
-
-    from resshift_core.pipeline import ResShiftPipeline
-
-    parameters = inspect.signature(ResShiftPipeline.upscale).parameters
-    assert supported_tile_options() == [name for name in ("tile_size", "tile_overlap") if name in parameters]
 
 
 def test_comparison_html_fallback_escapes_and_stacks_both_images():

@@ -36,3 +36,6 @@ def test_bench_reports_time_memory_flops_and_peak_fraction(tmp_path):
     # the tiled case really ran several UNet tiles per step: more UNet calls than steps
     assert cases["48-tiled"]["network_calls"]["unet"] > cases["24"]["network_calls"]["unet"]
     assert "% peak" in done.stdout and "48-tiled" in done.stdout and "in the official graph" in done.stdout
+    assert '"device_peak"' not in done.stdout  # the JSON goes to the file only (--json - prints it)
+    for case in cases.values():  # the library's memory estimate is reported next to the measured growth
+        assert case["estimated_working_mib"] > 0 and "estimated" in done.stdout

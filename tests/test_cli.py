@@ -34,7 +34,8 @@ from tiny_weights import (
     truncated_copy,
 )
 
-from resshift_core import cli, pipeline
+from resshift_core import cli, imageio, pipeline
+from resshift_core.cli import upscale as upscale_command
 from resshift_core.releases import AUTOENCODERS, RELEASES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,10 +92,8 @@ def bicubic_model(monkeypatch):
     """Replace the network by bicubic x-scale interpolation; records the calls' batch sizes and keyword arguments."""
     calls = []
 
-    def upscale(self, images, *, mask=None, seed=None, callback=None, chop_size=None, chop_stride=None,
-                tile_size=None, tile_overlap=None):
-        calls.append({"batch": images.shape[0], "seed": seed, "chop_size": chop_size, "chop_stride": chop_stride,
-                      "tile_size": tile_size, "tile_overlap": tile_overlap})
+    def upscale(self, images, *, mask=None, seed=None, callback=None, **options):
+        calls.append({"batch": images.shape[0], "seed": seed, **options})
         return F.interpolate(images, scale_factor=self.scale, mode="bicubic").clamp(0, 1)
 
     monkeypatch.setattr(pipeline.ResShiftPipeline, "upscale", upscale)
@@ -207,10 +206,10 @@ def test_16_bit_grayscale_png_gives_16_bit_output(tmp_path, capsys):
 def test_16_bit_rgb_png_is_read_and_written_with_16_bits(tmp_path, capsys):
     rng = np.random.default_rng(0)
     samples = (np.asarray(photo(16, 16), dtype=np.uint16) * 257 + rng.integers(0, 200, (16, 16, 3))).astype(np.uint16)
-    (tmp_path / "deep.png").write_bytes(cli.encode_png16(samples))
+    (tmp_path / "deep.png").write_bytes(imageio.encode_png16(samples))
     # Pillow reads our file and agrees on the high bytes; our reader recovers every bit
     assert np.array_equal(np.asarray(Image.open(tmp_path / "deep.png")), (samples >> 8).astype(np.uint8))
-    decoded = cli.read_image(tmp_path / "deep.png")
+    decoded = imageio.read_image(tmp_path / "deep.png")
     assert decoded.sixteen_bit and not decoded.grayscale
     assert np.array_equal(np.round(decoded.rgb * 65535).astype(np.uint16), samples)
 
@@ -218,7 +217,7 @@ def test_16_bit_rgb_png_is_read_and_written_with_16_bits(tmp_path, capsys):
 
     data = (tmp_path / "out" / "deep.png").read_bytes()
     assert code == 0 and data[24] == 16 and data[25] == 2  # IHDR: bit depth 16, colour type RGB
-    result = cli.read_image(tmp_path / "out" / "deep.png")
+    result = imageio.read_image(tmp_path / "out" / "deep.png")
     assert result.rgb.shape == (64, 64, 3) and result.sixteen_bit
     assert (np.round(result.rgb * 65535).astype(np.uint16) % 257 != 0).any()
 
@@ -226,8 +225,8 @@ def test_16_bit_rgb_png_is_read_and_written_with_16_bits(tmp_path, capsys):
 def test_16_bit_gray_alpha_png_is_decoded_exactly(tmp_path):
     rng = np.random.default_rng(1)
     samples = rng.integers(0, 65536, (5, 7, 2)).astype(np.uint16)
-    (tmp_path / "la16.png").write_bytes(cli.encode_png16(samples))
-    decoded = cli.read_image(tmp_path / "la16.png")
+    (tmp_path / "la16.png").write_bytes(imageio.encode_png16(samples))
+    decoded = imageio.read_image(tmp_path / "la16.png")
     assert decoded.grayscale and decoded.sixteen_bit
     assert np.array_equal(np.round(decoded.rgb[..., 0] * 65535).astype(np.uint16), samples[..., 0])
     assert np.array_equal(np.round(decoded.alpha * 65535).astype(np.uint16), samples[..., 1])
@@ -237,7 +236,7 @@ def test_16_bit_rgba_tiff_is_decoded_exactly(tmp_path):
     tifffile = pytest.importorskip("tifffile")  # installed with scikit-image
     samples = np.random.default_rng(2).integers(0, 65536, (6, 5, 4)).astype(np.uint16)
     tifffile.imwrite(tmp_path / "deep.tif", samples, photometric="rgb", extrasamples=["unassalpha"])
-    decoded = cli.read_image(tmp_path / "deep.tif")
+    decoded = imageio.read_image(tmp_path / "deep.tif")
     assert decoded.sixteen_bit and not decoded.grayscale
     assert np.array_equal(np.round(decoded.rgb * 65535).astype(np.uint16), samples[..., :3])
     assert np.array_equal(np.round(decoded.alpha * 65535).astype(np.uint16), samples[..., 3])
@@ -299,25 +298,70 @@ def test_batches_group_same_size_images_and_options_reach_the_pipeline(tmp_path,
     photo(20, 12).save(tmp_path / "other.png")
 
     code, _, _ = run(capsys, "upscale", tmp_path, "-o", tmp_path / "out", "--batch-size", "2", "--seed", "3",
-                     "--chop-size", "64", "--chop-stride", "48", "--tile", "8", "--overlap", "2", *MODEL)
+                     "--chop-size", "64", "--chop-stride", "48", *MODEL)
 
     assert code == 0
     assert sorted(call["batch"] for call in bicubic_model) == [1, 1, 2]
-    assert all(call["seed"] == 3 and call["chop_size"] == 64 and call["chop_stride"] == 48
-               and call["tile_size"] == 8 and call["tile_overlap"] == 2 for call in bicubic_model)
+    assert all(call["seed"] == 3 and call["chop_size"] == 64 and call["chop_stride"] == 48 for call in bicubic_model)
     assert len(files_under(tmp_path / "out")) == 4
+    bicubic_model.clear()
+    code, _, _ = run(capsys, "upscale", tmp_path / "other.png", "-o", tmp_path / "tiled", "--tile", "16",
+                     "--overlap", "2", "--tiling", "latent", "--one-step", *MODEL)
+    assert code == 0 and bicubic_model == [{"batch": 1, "seed": 12345, "tiling": "latent", "tile_size": 16,
+                                            "tile_overlap": 2, "one_step": True}]
 
 
-def test_tile_options_are_refused_clearly_when_the_pipeline_has_no_tiling(tmp_path, capsys, monkeypatch):
-    def upscale_without_tiling(self, images, *, mask=None, seed=None, callback=None, chop_size=None,
-                               chop_stride=None):
-        raise AssertionError("must not be called")
+@pytest.mark.parametrize("options, named", [
+    (["--tile", "0"], "--tile"), (["--tile", "32"], "--tile must be at least 64"),  # realsr-v3's latent multiple
+    (["--overlap", "-1"], "--overlap"), (["--tile", "128", "--overlap", "100"], "--overlap"),
+    (["--chop-size", "0"], "--chop-size"), (["--chop-stride", "8"], "--chop-stride"),
+    (["--chop-size", "64", "--chop-stride", "65"], "--chop-stride"), (["--chop-size", "64", "--tile", "64"], "--chop"),
+    (["--device", "tpu"], "--device"), (["--quality", "0"], "--quality"), (["--batch-size", "0"], "--batch-size"),
+    (["--seed", "-1"], "--seed"), (["--vae-tile", "2"], "--vae-tile"), (["--tiling", "sideways"], "--tiling"),
+    (["--dtype", "fp8"], "--dtype"), (["--release", "realsr-v9"], "realsr-v3"),
+])
+def test_every_bad_upscale_argument_is_refused_before_loading_with_exit_2(tmp_path, capsys, monkeypatch, options,
+                                                                          named):
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("weights were loaded for a bad command line")
 
-    monkeypatch.setattr(pipeline.ResShiftPipeline, "upscale", upscale_without_tiling)
+    monkeypatch.setattr(upscale_command, "load_pipeline", must_not_load)
     photo(16, 16).save(tmp_path / "lr.png")
-    code, _, stderr = run(capsys, "upscale", tmp_path / "lr.png", "-o", tmp_path / "out", "--tile", "8", *MODEL)
-    assert code == 2 and "--tile" in stderr and "--chop-size" in stderr
-    assert not (tmp_path / "out").exists()
+    code, _, stderr = run(capsys, "upscale", tmp_path / "lr.png", "-o", tmp_path / "out", *options)
+    assert code == 2 and named in stderr, stderr
+    assert "Traceback" not in stderr and not (tmp_path / "out").exists()
+
+
+def test_a_tile_too_small_for_a_local_model_is_a_usage_error_after_identification(tmp_path, capsys):
+    photo(16, 16).save(tmp_path / "lr.png")
+    code, _, stderr = run(capsys, "upscale", tmp_path / "lr.png", "-o", tmp_path / "out", *MODEL, "--tile", "8")
+    assert code == 2 and "--tile must be at least 16" in stderr  # the fixture UNet's latent multiple
+
+
+def test_folder_without_r_says_which_sub_folders_were_left_out(tmp_path, capsys, bicubic_model):
+    (tmp_path / "in" / "nested").mkdir(parents=True)
+    photo(16, 16).save(tmp_path / "in" / "top.png")
+    photo(16, 16).save(tmp_path / "in" / "nested" / "deep.png")
+    code, _, stderr = run(capsys, "upscale", tmp_path / "in", "-o", tmp_path / "out", *MODEL)
+    assert code == 0 and "1 sub-folder(s) skipped" in stderr and "nested" in stderr and "-r" in stderr
+    assert files_under(tmp_path / "out") == ["top.png"]
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "sub").mkdir()
+    photo(16, 16).save(tmp_path / "only" / "sub" / "x.png")
+    code, _, stderr = run(capsys, "upscale", tmp_path / "only", "-o", tmp_path / "out2", *MODEL)
+    assert code == 2 and "use -r" in stderr
+
+
+def test_png_outputs_record_how_they_were_made(tmp_path, capsys):
+    photo(24, 20).save(tmp_path / "lr.png")
+    code, _, _ = run(capsys, "upscale", tmp_path / "lr.png", "-o", tmp_path / "out", *MODEL, "--seed", "9")
+    record = json.loads(Image.open(tmp_path / "out" / "lr.png").text["resshift"])
+    assert code == 0 and record["seed"] == 9 and record["release"] == "realsr-v3" and record["steps"] == 4
+    assert record["tiling"] == "off" and record["unet_tiles"] == 1  # small: the official untiled computation
+    code, _, _ = run(capsys, "upscale", tmp_path / "lr.png", "-o", tmp_path / "tiled", *MODEL, "--tile", "16",
+                     "--vae-tile", "8", "--one-step")
+    record = json.loads(Image.open(tmp_path / "tiled" / "lr.png").text["resshift"])
+    assert record["tiling"] == "latent" and record["unet_tiles"] > 1 and record["steps"] == 1
 
 
 def test_outputs_that_would_collide_or_replace_their_input_are_refused(tmp_path, capsys, bicubic_model):
@@ -348,11 +392,11 @@ def test_ctrl_c_leaves_no_partial_output(tmp_path, capsys, monkeypatch, bicubic_
             raise KeyboardInterrupt
         real_replace(source, destination)
 
-    monkeypatch.setattr(cli.os, "replace", interrupted_rename)
+    monkeypatch.setattr(imageio.os, "replace", interrupted_rename)
     code, _, stderr = run(capsys, "upscale", tmp_path, "-o", out, *MODEL)
     assert code == 130 and "interrupted" in stderr
     assert files_under(out) == ["a.png"]  # no b.png, no temporary file
-    monkeypatch.setattr(cli.os, "replace", real_replace)
+    monkeypatch.setattr(imageio.os, "replace", real_replace)
 
     code, stdout, _ = run(capsys, "upscale", tmp_path, "-o", out, *MODEL)  # running again resumes
     assert code == 0 and "1 skipped" in stdout and "2 written" in stdout
@@ -425,11 +469,13 @@ def test_offline_with_an_empty_cache_names_the_url_and_the_path(tmp_path, capsys
     release = RELEASES["realsr-v3"]
     code, _, stderr = run(capsys, "upscale", tmp_path / "lr.png", "-o", tmp_path / "out", "--offline",
                           "--cache-dir", cache)
-    assert code == 1
-    assert release.url in stderr and str(cache / release.file_name) in stderr
+    assert code == 1 and "2 weight files missing" in stderr  # both named at once, not one after the other
+    autoencoder = AUTOENCODERS[release.autoencoder]
+    for file in (release, autoencoder):
+        assert file.url in stderr and str(cache / file.file_name) in stderr
+    assert "--offline" in stderr and "S-Lab" in stderr
 
     # only the autoencoder missing: that is the file named
-    autoencoder = AUTOENCODERS[release.autoencoder]
     code, _, stderr = run(capsys, "upscale", tmp_path / "lr.png", "-o", tmp_path / "out", "--offline",
                           "--cache-dir", cache, "--unet", UNET, "--release", SR_RELEASE)
     assert code == 1
@@ -471,6 +517,11 @@ def test_info_reports_architecture_parameters_and_unknown_release(capsys):
     assert info["architecture"]["model_channels"] == 32 and info["architecture"]["levels"] == 3
     assert info["architecture"]["window_size"] == 4 and info["architecture"]["cond_mask"] is False
     assert info["parameters"] == learnt and info["dtype"] == "float32"
+    by_dtype = {}
+    for tensor in tensors.values():  # every tensor is counted, the int64 Swin index buffers too
+        name = str(tensor.dtype).replace("torch.", "")
+        by_dtype[name] = by_dtype.get(name, 0) + 1
+    assert info["dtypes"] == by_dtype and by_dtype.get("int64")
     assert info["release"] is None and info["schedule"] is None
 
     code, stdout, _ = run(capsys, "info", UNET)
