@@ -21,7 +21,8 @@ from modules.upscaler import LANCZOS, Upscaler, UpscalerData
 import resshift_core as rc
 from resshift_core.errors import NeededFile, missing_files_message
 from resshift_core.pipeline import parse_dtype
-from resshift_core.releases import AUTOENCODERS, autoencoder_for_file_name, release_for_file_name
+from resshift_core.hub import release_files as files_of_release
+from resshift_core.releases import autoencoder_for_file_name, release_for_file_name
 
 from . import forge, progress, settings
 
@@ -81,7 +82,7 @@ class UpscalerResShift(Upscaler):
                 found.setdefault(official, path)
         return found
 
-    def release_files(self, release) -> tuple[str, str]:
+    def weight_paths(self, release) -> tuple[str, str]:
         """Paths of a release's UNet and autoencoder, downloading what is missing through the WebUI's downloader
         when the settings allow it. Raises the core's ``OfflineError`` naming every file still missing, where to
         download it from and where to save it."""
@@ -89,7 +90,8 @@ class UpscalerResShift(Upscaler):
         folder = self.download_folder()
         download = settings.value(shared.opts, "resshift_download")
         missing, failures = [], []
-        for item in (release, AUTOENCODERS[release.autoencoder]):
+        needed = files_of_release(release)  # the UNet file and its autoencoder's
+        for item in needed:
             if item.file_name in local:
                 continue
             if download:
@@ -108,10 +110,8 @@ class UpscalerResShift(Upscaler):
                       else "downloading is off ({arg:offline})")
             message = (missing_files_message(missing, reason)
                        + f"\nThe weights are licensed by their authors under the {rc.WEIGHTS_LICENSE}: {rc.LICENSE_URL}")
-            error = rc.OfflineError(message, url=missing[0].url, path=missing[0].path)
-            error.files = tuple(missing)
-            raise error
-        return local[release.file_name], local[AUTOENCODERS[release.autoencoder].file_name]
+            raise rc.OfflineError(message, url=missing[0].url, path=missing[0].path, files=tuple(missing))
+        return local[needed[0].file_name], local[needed[1].file_name]
 
     # ---------------------------------------------------------------------------------------------- running
     def load_model(self, path: str):
@@ -139,7 +139,7 @@ class UpscalerResShift(Upscaler):
     def pipeline_for(self, release, device_dtype):
         """The loaded pipeline for a release (kept between images unless the settings say otherwise)."""
         device, dtype = device_dtype
-        unet_path, autoencoder_path = self.release_files(release)
+        unet_path, autoencoder_path = self.weight_paths(release)
         key = (unet_path, autoencoder_path, str(device), str(dtype))
         if self._pipeline_key != key:
             self.unload()
