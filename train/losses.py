@@ -8,6 +8,7 @@ it is missing the error says where to put it, and how to train without LPIPS (``
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,8 +43,7 @@ def build_lpips(vgg_weights: str | os.PathLike | None = None, random_backbone: b
             from error
     if random_backbone:
         torch.manual_seed(seed)
-        module = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-        return module.eval().requires_grad_(False)
+        return _lpips_module(lpips)
     path = Path(vgg_weights).expanduser() if vgg_weights else default_vgg_path()
     if not path.is_file():
         raise LPIPSUnavailable(
@@ -51,7 +51,7 @@ def build_lpips(vgg_weights: str | os.PathLike | None = None, random_backbone: b
             f"there (it is what torchvision.models.vgg16(weights='IMAGENET1K_V1') downloads) or point "
             f"loss.lpips_vgg_weights=/path/to/{VGG_FILE} at it; to train without LPIPS set loss.lpips_weight=0 "
             f"(or pass --no-lpips)")
-    module = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    module = _lpips_module(lpips)
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     mapped = {}
     for number, (start, stop) in enumerate(_SLICES, start=1):
@@ -63,4 +63,12 @@ def build_lpips(vgg_weights: str | os.PathLike | None = None, random_backbone: b
     missing = module.net.load_state_dict(mapped, strict=False).missing_keys
     if missing:
         raise LPIPSUnavailable(f"'{path}' is not torchvision's vgg16 weights file (missing {missing[:3]})")
+    return module.eval().requires_grad_(False)
+
+
+def _lpips_module(lpips) -> nn.Module:
+    """lpips' VGG LPIPS with its packaged linear heads and an uninitialised backbone (never downloads)."""
+    with warnings.catch_warnings():  # lpips passes torchvision's deprecated 'pretrained' argument
+        warnings.simplefilter("ignore", UserWarning)
+        module = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
     return module.eval().requires_grad_(False)

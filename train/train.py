@@ -165,12 +165,7 @@ class Trainer:
         self.space = config["model"]["space"]
         self.scale = int(config["scale"])
         self.schedule = schedule_of(config)
-        self.unet = build_unet(config).to(self.device)
-        self.ema = EMA(self.unet, config["train"]["ema_decay"])
-        self.autoencoder = build_autoencoder(config)
-        if self.autoencoder is not None:
-            self.autoencoder.to(self.device)
-        self.lpips = None
+        self.lpips = None  # first, so that missing LPIPS weights are reported before minutes of network building
         loss = config["loss"]
         if float(loss["lpips_weight"]) > 0:
             if self.space == "pixel":
@@ -179,12 +174,19 @@ class Trainer:
 
             self.lpips = build_lpips(loss["lpips_vgg_weights"], loss["lpips_random_backbone"],
                                      datamod.derive_seed(config["seed"], "lpips")).to(self.device)
+        self.autoencoder = build_autoencoder(config)
+        if self.autoencoder is not None:
+            self.autoencoder.to(self.device)
+        self.unet = build_unet(config).to(self.device)
+        self.ema = EMA(self.unet, config["train"]["ema_decay"])
+        self.ddp = None
         self.network = self.unet
-        if config["train"]["compile"]:
-            self.network = torch.compile(self.network)
         if env.distributed:
-            self.network = torch.nn.parallel.DistributedDataParallel(
-                self.network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.unet, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.network = self.ddp
+        if config["train"]["compile"]:  # compile around DDP, so that DDP still sees every bucket
+            self.network = torch.compile(self.network)
         self.precision = config["train"]["precision"]
         if self.precision == "fp32" and self.device.type == "cuda":  # fp32 means fp32: no TF32 matmuls or convs
             torch.backends.cuda.matmul.allow_tf32 = False
@@ -432,8 +434,11 @@ def run(argv=None) -> int:
     metrics_file = _open_metrics(run_dir, start_step) if env.main else None
     writer = None
     if env.main and config["train"]["tensorboard"]:
-        from torch.utils.tensorboard import SummaryWriter
-
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise cfg.ConfigError("train.tensorboard=true needs the tensorboard package: pip install tensorboard") \
+                from error
         writer = SummaryWriter(str(run_dir / "tensorboard"))
     progress = None
     if env.main and not args.no_progress:
@@ -464,7 +469,8 @@ def run(argv=None) -> int:
         for number in range(micro_count):
             rows = slice(number * micro, (number + 1) * micro)
             last = number == micro_count - 1
-            sync = contextlib.nullcontext() if last or not env.distributed else trainer.network.no_sync()
+            # DDP all-reduces gradients only on the last micro-batch of a step
+            sync = contextlib.nullcontext() if last or trainer.ddp is None else trainer.ddp.no_sync()
             with sync:
                 loss, terms = trainer.loss(gt[rows], lq[rows], indices[rows])
                 trainer.scaler.scale(loss / micro_count).backward()
