@@ -405,6 +405,10 @@ class ResShiftPipeline:
         if key in self._plan_cache:
             return self._plan_cache[key]
         fully_tiled = self._make_plan(height, width, batch, tiles, one_step, True, True)
+        if fully_tiled.is_official:  # one tile each: nothing to decide
+            untiled = self._make_plan(height, width, batch, tiles, one_step, False, False)
+            self._plan_cache[key] = untiled
+            return untiled
         choices = [(False, False), (False, True)] if self.model_tile_size is None else [(True, False)]
         budget = available_memory(self.device)
         chosen = fully_tiled

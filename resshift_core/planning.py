@@ -145,13 +145,14 @@ def flop_counter():
 
 @lru_cache(maxsize=32)
 def _area_cost_terms(kind: str, config, latent_multiple: int, factor: int) -> tuple[float, float]:
-    """(a, b) of FLOPs(latent area A) = a A + b A^2 for one call of a network, from two meta-device counts."""
+    """(a, b) of FLOPs(latent area A) = a A + b A^2 for one call of a network, counted on the meta device: the UNet
+    is linear in the area (windowed attention), so one size tells; the autoencoder's global attention needs two."""
     from .nets.unet import ResShiftUNet
     from .nets.vqgan import VQAutoencoder
 
     with torch.device("meta"):
         network = (ResShiftUNet(config) if kind == "unet" else VQAutoencoder(config)).eval()
-    sides = (latent_multiple * 2, latent_multiple * 4) if kind == "unet" else (16, 32)
+    sides = (latent_multiple * 2,) if kind == "unet" else (16, 32)
     counts = []
     for side in sides:
         with torch.device("meta"), torch.inference_mode(), flop_counter() as counter:
@@ -163,6 +164,8 @@ def _area_cost_terms(kind: str, config, latent_multiple: int, factor: int) -> tu
                 image = torch.empty(1, config.in_channels, side * factor, side * factor)
                 network.decoder(network.post_quant_conv(network.encode(image)))
         counts.append(counter.get_total_flops())
+    if len(sides) == 1:
+        return counts[0] / sides[0] ** 2, 0.0
     (area1, area2), (flops1, flops2) = (sides[0] ** 2, sides[1] ** 2), counts
     quadratic = max(0.0, (flops2 / area2 - flops1 / area1) / (area2 - area1))
     return flops1 / area1 - quadratic * area1, quadratic
