@@ -17,6 +17,10 @@ class ResShiftNodeError(Exception):
     """What a ResShift node raises: ComfyUI shows its message as the node's error."""
 
 
+# ComfyUI reports an error's type as "<module>.<class>"; the module of a custom node folder is its full path on disk.
+ResShiftNodeError.__module__ = "ResShift"
+
+
 try:
     from .. import resshift_core as core
     from ..resshift_core import hub, images, releases

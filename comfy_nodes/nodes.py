@@ -53,10 +53,10 @@ SEED_INPUT = InputDefinition(
     "seed", INT, "Seed of the diffusion noise: the same seed, image and settings give the same result on any "
     "device.", default=0, minimum=0, maximum=MAX_SEED, seed_widget=True)
 TILE_SIZE_INPUT = InputDefinition(
-    "tile_size", INT, "Largest tile, in latent pixels (= input pixels for the x4 models). Larger images are "
-    "processed in overlapping tiles blended into one latent with one noise field, so no seams show. 0 = the "
-    "model's preferred size for this device. On out-of-memory the run retries with smaller tiles.",
-    default=0, minimum=0, maximum=MAX_TILE, step=8)
+    "tile_size", INT, "Largest tile, in latent pixels (= input pixels for the x4 models; a multiple of 64 for the "
+    "official models). Larger images are processed in overlapping tiles blended into one latent with one noise "
+    "field, so no seams show. 0 = the model's preferred size for this device. On out-of-memory the run retries "
+    "with smaller tiles.", default=0, minimum=0, maximum=MAX_TILE, step=64)
 TILE_OVERLAP_INPUT = InputDefinition(
     "tile_overlap", INT, "Least overlap between neighbouring tiles, in latent pixels; -1 = the model's default.",
     default=-1, minimum=-1, maximum=MAX_TILE // 2, step=1)
