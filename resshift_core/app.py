@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import html
+import json
 import inspect
 import logging
 import math
@@ -271,9 +272,13 @@ class UpscaleService:
 
     # ---- inputs
     def open_image(self, source):
-        """An upload (path, PIL image or HxWxC array) -> RGB-convertible PIL image, refusing non-images and
-        images above ``max_pixels`` (checked from the header, before the pixels are decoded)."""
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        """An upload (path, PIL image or HxWxC array) -> :class:`~resshift_core.imageio.DecodedImage` by the
+        project's image rules (orientation, 16 bits, alpha, profile), refusing non-images and images above
+        ``max_pixels`` (checked from the header, before the pixels are decoded)."""
+        import numpy as np
+        from PIL import Image, UnidentifiedImageError
+
+        from .imageio import DecodedImage, read_image
 
         if source is None:
             raise InputImageError("upload an image first")
@@ -282,28 +287,22 @@ class UpscaleService:
             if not path.is_file():
                 raise InputImageError(f"the uploaded file {path.name} cannot be found on the server; upload it again")
             try:
-                image = Image.open(path)
+                with Image.open(path) as header:
+                    size = header.size
             except Image.DecompressionBombError as exc:
                 raise InputImageError(f"{path.name} is far too large for this server ({exc})") from None
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
                 raise InputImageError(f"{path.name} is not an image this server can read; upload a PNG, JPEG, WebP, "
                                       f"BMP or TIFF file") from None
-        elif hasattr(source, "size") and hasattr(source, "mode"):
-            image = source
-        else:
-            import numpy as np
-
+            self.check_size(*size)
+            return read_image(path)
+        if not (hasattr(source, "size") and hasattr(source, "mode")):
             try:
-                image = Image.fromarray(np.asarray(source))
+                source = Image.fromarray(np.asarray(source))
             except (TypeError, ValueError):
                 raise InputImageError(f"expected an image, got {type(source).__name__}") from None
-        self.check_size(*image.size)
-        try:
-            image.load()
-            image = ImageOps.exif_transpose(image)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise InputImageError(f"the image could not be decoded ({exc}); is the file complete?") from None
-        return image
+        self.check_size(*source.size)
+        return DecodedImage.from_pil(source)
 
     def check_size(self, width: int, height: int) -> None:
         limit = self.settings.max_pixels
@@ -357,7 +356,10 @@ class UpscaleService:
             source_name: str | None = None) -> RunResult:
         """Upscale one image with the chosen model; raises :class:`ResShiftError` subclasses with user-facing
         messages."""
+        import torch
         from PIL import Image
+
+        from .imageio import LUMA_WEIGHTS, encode_image, to_pil, upscale_alpha, write_image
 
         report = progress or (lambda fraction, desc: None)
         choice = choice or self.default_choice()
@@ -384,20 +386,20 @@ class UpscaleService:
 
         pipe = self.pipelines.get(choice, on_download)
         notes = []
-        mask_image = None
+        mask_tensor = None
         if pipe.unet.config.cond_mask:
             if mask is None:
                 raise InputImageError("this is an inpainting model: add a mask (white = region to fill) under "
                                       "'inpainting mask'")
             mask_image = self.open_image(mask)
-            if mask_image.size != picture.size:
-                raise InputImageError(f"the mask is {mask_image.size[0]}x{mask_image.size[1]} but the image is "
-                                      f"{picture.size[0]}x{picture.size[1]}; they must match")
-            mask_image = mask_image.convert("L")
+            if (mask_image.width, mask_image.height) != (picture.width, picture.height):
+                raise InputImageError(f"the mask is {mask_image.width}x{mask_image.height} but the image is "
+                                      f"{picture.width}x{picture.height}; they must match")
+            mask_tensor = torch.from_numpy(mask_image.rgb @ LUMA_WEIGHTS)[None, None]
         elif mask is not None:
             notes.append("the mask was ignored (only the inpainting models use one)")
 
-        width, height = picture.size
+        width, height = picture.width, picture.height
         chopping = chop is not None and (width > chop or height > chop)
 
         def on_step(step) -> None:
@@ -419,27 +421,30 @@ class UpscaleService:
             report(0.0, "starting")
             logger.info("job started: %dx%d with %s, seed %d", width, height, label, used_seed)
             started = time.perf_counter()
-            outputs = pipe.upscale(picture, mask=mask_image, seed=used_seed, callback=on_step, cancel=cancel,
+            images = torch.from_numpy(picture.rgb).permute(2, 0, 1)[None].contiguous()
+            outputs = pipe.upscale(images, mask=mask_tensor, seed=used_seed, callback=on_step, cancel=cancel,
                                    chop_size=chop, chop_stride=stride, max_input_pixels=self.settings.max_pixels,
                                    **extra)
+            plan = pipe.last_plan
             seconds = time.perf_counter() - started
             logger.info("job finished: %dx%d in %.1f s", width, height, seconds)
         finally:
             run_lock.release()
-        result = outputs  # one PIL image in, one out (alpha kept)
         report(1.0, "saving the PNG")
+        rgb = outputs[0].float().cpu().permute(1, 2, 0).numpy()
+        out_height, out_width = rgb.shape[:2]
+        alpha = None if picture.alpha is None else upscale_alpha(picture.alpha, out_width, out_height)
+        record = {"release": pipe.release.name if pipe.release else None, "seed": used_seed, "scale": pipe.scale,
+                  **(plan.metadata() if plan is not None else {})}
 
         self.prune_outputs()
         folder = Path(tempfile.mkdtemp(prefix="run_", dir=self.output_dir))
         stem = _safe_stem(source_name or (Path(image).stem if isinstance(image, (str, os.PathLike)) else "image"))
         release_name = pipe.release.name if pipe.release else label.replace(" ", "-")
         result_path = folder / f"{stem}_resshift_{release_name}_x{pipe.scale}_seed{used_seed}.png"
-        result.save(result_path, compress_level=3)
-        from .images import pil_to_tensor, tensor_to_pil
-
-        before = tensor_to_pil(pil_to_tensor(picture))[0]  # the 8-bit RGB the model saw (16-bit and palette too)
-        if before.size != result.size:
-            before = before.resize(result.size, Image.BICUBIC)
+        write_image(result_path, encode_image(rgb, alpha, picture, "png", text={"resshift": json.dumps(record)}))
+        # the input as the model saw it (16-bit, palette and gray included), up-sampled for the comparison slider
+        before = to_pil(picture.rgb, picture.alpha, picture).resize((out_width, out_height), Image.BICUBIC)
         before_path = folder / f"{stem}_input_bicubic_x{pipe.scale}.png"
         before.save(before_path, compress_level=1)
 
@@ -450,14 +455,14 @@ class UpscaleService:
             stride_used = stride or chop - chop // 8
             count = len(chop_starts(height, chop, stride_used)) * len(chop_starts(width, chop, stride_used))
             tiles = f", {count} patches of {chop} px"
-        elif pipe.last_plan is not None and not pipe.last_plan.is_official:
-            tiles = f", {pipe.last_plan.describe()}"
-        summary = (f"**{label}**, seed {used_seed}: {width}x{height} → {result.size[0]}x{result.size[1]} in "
+        elif plan is not None and not plan.is_official:
+            tiles = f", {plan.describe()}"
+        summary = (f"**{label}**, seed {used_seed}: {width}x{height} → {out_width}x{out_height} in "
                    f"{seconds:.1f} s on {pipe.device} ({self.settings.dtype}{tiles})")
         if notes:
             summary += "; " + "; ".join(notes)
-        return RunResult(str(before_path), str(result_path), used_seed, (width, height), result.size, seconds,
-                         summary, notes)
+        return RunResult(str(before_path), str(result_path), used_seed, (width, height), (out_width, out_height),
+                         seconds, summary, notes)
 
     def prune_outputs(self) -> None:
         """Delete result folders older than ``output_max_age_s`` (gradio keeps its own copies while it needs
