@@ -61,11 +61,8 @@ class UpscalerResShift(Upscaler):
             self.scalers.append(UpscalerData(entry_name, path, self, release.scale))
 
     # ------------------------------------------------------------------------------------------------ files
-    def model_folders(self) -> list[str]:
-        """Where model files are looked for, first the preload path, then models/ResShift."""
-        return [folder for folder in (self.user_path, self.model_path) if folder]
-
     def download_folder(self) -> str:
+        """Where missing files go: the preload path when given, else models/ResShift."""
         return self.model_download_path or self.user_path or self.model_path
 
     def local_files(self) -> dict[str, str]:
