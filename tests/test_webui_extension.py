@@ -371,3 +371,28 @@ def test_install_py_uses_the_webui_helpers_for_what_is_missing(tmp_path):
                             env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines() == ["PIP install safetensors"]
+
+
+@pytest.mark.cuda
+def test_on_cuda_automatic_precision_is_half_and_lowvram_brings_the_networks_back(webui, monkeypatch):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    webui.shared.cmd_opts.use_cpu = []
+    data = entry(webui)
+    seen = []
+    original = rc.ResShiftPipeline.upscale
+
+    def spy(self, images, **kwargs):
+        weight = next(self.unet.parameters())
+        seen.append((weight.device.type, weight.dtype))
+        return original(self, images, **kwargs)
+
+    monkeypatch.setattr(rc.ResShiftPipeline, "upscale", spy)
+    assert data.scaler.upscale(pattern(12, 8), 4, data.data_path).size == (48, 32)
+    assert next(data.scaler._pipeline.unet.parameters()).device.type == "cuda"  # kept loaded on the device
+    webui.shared.cmd_opts.lowvram = True
+    assert data.scaler.upscale(pattern(12, 8, "RGBA"), 4, data.data_path).mode == "RGBA"
+    assert seen == [("cuda", torch.float16), ("cuda", torch.float16)]
+    assert next(data.scaler._pipeline.unet.parameters()).device.type == "cpu"  # --lowvram: back after the run
