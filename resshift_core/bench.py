@@ -460,9 +460,12 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
     record.update(input=[case.size, case.size], input_source=getattr(input_image, "source", "?"),
                   upscale_kwargs=kwargs)
     if case.mode != "chop":  # the library's own estimate of what the run needs beyond the weights, to compare
-        record["estimated_working_mib"] = pipe.working_memory(case.size, case.size, **kwargs) / _MIB
-        record["plan"] = pipe.plan(case.size, case.size, tiles=pipe.tile_settings(**{
-            k: v for k, v in kwargs.items() if k != "tiling"}, tiling=kwargs.get("tiling"))).describe()
+        try:
+            record["estimated_working_mib"] = pipe.working_memory(case.size, case.size, **kwargs) / _MIB
+            record["plan"] = pipe.plan(case.size, case.size, tiles=pipe.tile_settings(**{
+                k: v for k, v in kwargs.items() if k != "tiling"}, tiling=kwargs.get("tiling"))).describe()
+        except Exception as error:  # noqa: BLE001 - a figure beside the timing, never a reason to lose the timing
+            record["estimate_error"] = f"{type(error).__name__}: {error}"
 
     def one_run():
         _sync(device)

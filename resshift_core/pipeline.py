@@ -418,7 +418,7 @@ class ResShiftPipeline:
                     candidate, self.unet.config, self.autoencoder.config, self.latent_factor) > AUTO_COST_LIMIT * \
                     plan_cost(fully_tiled, self.unet.config, self.autoencoder.config, self.latent_factor):
                 continue
-            if budget is None or self.working_memory_of(candidate) <= AUTO_MEMORY_SHARE * budget:
+            if budget is None or self._fits(candidate, AUTO_MEMORY_SHARE * budget):
                 chosen = candidate
                 break
         if not chosen.is_official:
@@ -428,6 +428,16 @@ class ResShiftPipeline:
         return chosen
 
     # ------------------------------------------------------------------------------------------------ memory
+    def _fits(self, plan: RunPlan, budget: float) -> bool:
+        """Whether a plan's working memory fits ``budget`` bytes; a trace that cannot run (an unusual PyTorch
+        build) says yes, so that "auto" keeps the official computation rather than failing."""
+        try:
+            return self.working_memory_of(plan) <= budget
+        except Exception as error:  # noqa: BLE001 - the estimate is advice; a run must not fail because of it
+            logger.warning("memory estimate unavailable (%s: %s); assuming the untiled run fits",
+                           type(error).__name__, error)
+            return True
+
     def weight_bytes(self, dtype: str | torch.dtype | None = None) -> int:
         """Bytes of both networks' weights on the device in ``dtype`` (default: the pipeline's)."""
         dtype = parse_dtype(dtype) if dtype is not None else self.dtype
