@@ -41,5 +41,5 @@ timeout "${TEST_SECONDS:-150}" "$PY" -m pytest -q -m cuda -rA -s -p no:cacheprov
   | tee "$OUT/cuda_tests.log" | grep -E "memory |passed|failed|FAILED|Error" | tail -30
 
 echo "== 4. training images/s"
-timeout "${TRAIN_SECONDS:-100}" "$PY" train/gpu_check.py --json "$OUT/train.json" 2>&1 | tee "$OUT/train.log" | tail -15
+timeout "${TRAIN_SECONDS:-100}" "$PY" train/gpu_check.py --json "$OUT/train.json" ${TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log" | tail -15
 echo "== done"
