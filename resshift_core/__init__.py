@@ -33,11 +33,11 @@ from .errors import (
     Vocabulary,
     WrongModelKindError,
 )
-from .hub import fetch_release_files
+from .hub import fetch_release_files, missing_files_error
 from .imageio import DecodedImage, encode_image, read_image, upscale_alpha, write_image
 from .models import ModelDescriptor, load_model
 from .nets import ResShiftUNet, UNetConfig, VQAutoencoder, VQConfig
-from .pipeline import ResShiftLatent, ResShiftPipeline
+from .pipeline import ResShiftLatent, ResShiftPipeline, random_seed
 from .planning import RunPlan
 from .releases import (
     AUTOENCODERS,
@@ -64,6 +64,6 @@ __all__ = [
     "Schedule", "ScheduleParams", "StepProgress", "TileSettings", "UNetConfig", "UnknownCheckpointError",
     "UnknownScheduleError", "UnsafeCheckpointError", "VQAutoencoder", "VQConfig", "Vocabulary",
     "WrongModelKindError", "encode_image", "fetch_release_files", "get_release", "identify_checkpoint",
-    "load_model", "read_image", "save_autoencoder", "save_unet", "tune_cpu_allocator", "upscale_alpha",
+    "load_model", "missing_files_error", "random_seed", "read_image", "save_autoencoder", "save_unet", "tune_cpu_allocator", "upscale_alpha",
     "write_image",
 ]

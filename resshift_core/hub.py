@@ -54,10 +54,16 @@ def fetch_files(files: Sequence[WeightFile], *, cache_dir: str | os.PathLike | N
             reasons.append(str(error).splitlines()[0])
     if missing:
         reason = "downloading is off ({arg:offline})" if not download else "; ".join(dict.fromkeys(reasons))
-        message = missing_files_message(missing, reason) + (
-            f"\nThe weights are licensed by their authors under the {WEIGHTS_LICENSE}: {LICENSE_URL}")
-        raise OfflineError(message, url=missing[0].url, path=missing[0].path, files=tuple(missing))
+        raise missing_files_error(missing, reason)
     return paths
+
+
+def missing_files_error(missing: Sequence[NeededFile], reason: str) -> OfflineError:
+    """The error for weight files that cannot be had: every file with its address and place, and the licence of
+    the weights (hosts with their own downloader raise it too, so the wording is the same everywhere)."""
+    message = missing_files_message(missing, reason) + (
+        f"\nThe weights are licensed by their authors under the {WEIGHTS_LICENSE}: {LICENSE_URL}")
+    return OfflineError(message, url=missing[0].url, path=missing[0].path, files=tuple(missing))
 
 
 def release_files(name: str | Release, autoencoder: str | None = None) -> list[WeightFile]:

@@ -90,18 +90,21 @@ def _wide_rawmodes(image) -> tuple[list, bool] | None:
              "LA;16B": "RGBA"}
     tiles, rawmodes = [], set()
     for tile in image.tile or []:
-        rawmode = tile.args if isinstance(tile.args, str) else (tile.args or ("",))[0]
+        # Pillow 10+ gives named tiles (codec_name, extents, offset, args); older ones (9.5 in the WebUI) tuples
+        codec, extents, offset, args = tile[0], tile[1], tile[2], tile[3]
+        rawmode = args if isinstance(args, str) else (args or ("",))[0]
         if image.mode in ("RGB", "RGBA") and ";16" in str(rawmode) and (
-                rawmode not in swaps or tile.codec_name not in ("zip", "raw")):
+                rawmode not in swaps or codec not in ("zip", "raw")):
             # e.g. compressed TIFF, decoded by libtiff, whose arguments cannot be changed this way
             logger.warning("%s has 16 bits per sample, but only 8 can be read from this kind of file",
                            getattr(image, "filename", "the image"))
             return None
-        if rawmode not in swaps or tile.codec_name not in ("zip", "raw"):
+        if rawmode not in swaps or codec not in ("zip", "raw"):
             return None
         rawmodes.add(rawmode)
-        new_args = swaps[rawmode] if isinstance(tile.args, str) else (swaps[rawmode],) + tuple(tile.args[1:])
-        tiles.append(tile._replace(args=new_args))
+        new_args = swaps[rawmode] if isinstance(args, str) else (swaps[rawmode],) + tuple(args[1:])
+        tiles.append(tile._replace(args=new_args) if hasattr(tile, "_replace") else (codec, extents, offset,
+                                                                                     new_args))
     if not tiles or len(rawmodes) != 1:
         return None
     return tiles, rawmodes == {"LA;16B"}

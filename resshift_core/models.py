@@ -114,6 +114,14 @@ class ModelDescriptor:
 
         return weight_bytes(self.network, dtype)
 
+    def preferred_dtype(self, device: str | torch.device = "cpu", allow_half: bool = True) -> torch.dtype:
+        """The precision to run in on ``device``: float16 on CUDA (as the official code runs), float32 elsewhere or
+        when the host forbids half precision (the WebUI's --no-half)."""
+        from .pipeline import parse_dtype
+        from .runtime import default_dtype
+
+        return parse_dtype(default_dtype(str(device)) if allow_half else "fp32")
+
     def preferred_tiles(self, device: str | torch.device = "cpu") -> TileSettings:
         """The tile settings this model runs with by default on ``device`` (sizes in latent pixels)."""
         tile_size = self.identity.tile_size if self.kind == UNET_KIND else None

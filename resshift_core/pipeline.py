@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .checkpoints import resolve_schedule
 from .errors import InputImageError, InvalidArgumentError, ResShiftError, WrongModelKindError
 from .images import as_image_batch, finish_output, prepare_input
-from .memory import available_memory, meta_copy, overhead_bytes, trace_run, weight_bytes
+from .memory import available_memory, meta_copy, trace_run, weight_bytes
 from .models import ModelDescriptor, load_model
 from .nets.unet import ResShiftUNet
 from .nets.vqgan import VQAutoencoder
@@ -459,7 +459,7 @@ class ResShiftPipeline:
         def install(probe):
             meta._probe = probe
 
-        return trace_run(run, self._probe_cache, self.device, install) + overhead_bytes(self.device)
+        return trace_run(run, self._probe_cache, self.device, install)
 
     def _meta_pipeline(self, dtype: torch.dtype) -> ResShiftPipeline:
         unet = meta_copy(self.unet, dtype, self.channels_last)
@@ -732,7 +732,7 @@ class ResShiftPipeline:
             raise InvalidArgumentError("latent", "an already sampled latent", "the output of encode_lr")
         latent = latent.to(self.device)
         source = self._noise_source(seed if seed is not None or generator is not None or noise is not None else
-                                    _random_seed(), generator, noise,
+                                    random_seed(), generator, noise,
                                     generator.get_state() if generator is not None else None)
         progress = _Progress(callback, latent.plan.unet_calls, self.latent_to_rgb) if callback is not None else None
         return self._sample_stage(latent, source, progress, cancel)
@@ -795,7 +795,8 @@ class ResShiftPipeline:
                                   f"{max_input_pixels} px; down-scale it or raise the limit")
         mask_m11 = self._prepare_mask(mask, batch)
         if seed is None and generator is None and noise is None:
-            seed = _random_seed()
+            seed = random_seed()
+        self.last_seed = seed
         generator_state = generator.get_state() if generator is not None else None
         lr_m11 = batch * 2.0 - 1.0
         while True:
@@ -824,6 +825,7 @@ class ResShiftPipeline:
         return finish_output(result, pil_context)
 
     last_plan: RunPlan | None = None  # how the latest upscale() was computed (its tiles), for output metadata
+    last_seed: int | None = None  # the seed of the latest upscale() (drawn when none was given), for infotexts
 
     def _prepare_mask(self, mask, batch: torch.Tensor) -> torch.Tensor | None:
         if not self.unet.config.cond_mask:
@@ -872,7 +874,8 @@ class ResShiftPipeline:
         return canvas / count, whole
 
 
-def _random_seed() -> int:
+def random_seed() -> int:
+    """A fresh seed in [0, 2^31 - 1) (what a run without seed uses; hosts that show seeds draw theirs here)."""
     return int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
 
 

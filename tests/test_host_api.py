@@ -209,3 +209,37 @@ def test_the_default_is_the_official_untiled_computation_for_typical_sizes(pipe,
     assert torch.equal(default, pipe.upscale(image, seed=3, tiling="off"))
     record = pipe.last_plan.metadata()
     assert json.loads(json.dumps(record))["tiling"] == "off"
+
+
+# ------------------------------------------------------------------------------------------------ host quirks
+def test_a_host_that_replaces_torch_load_does_not_break_pth_loading(tmp_path, monkeypatch):
+    from tiny_weights import training_style_pth
+
+    path = training_style_pth(tmp_path / "model.pth")
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: None)  # what the WebUI's check returns for new files
+    assert rc.load_model(path, release=SR_RELEASE).kind == "unet"
+
+
+def test_16_bit_colour_decoding_works_with_the_tuple_tiles_of_older_pillow(tmp_path):
+    import numpy as np
+
+    from resshift_core import imageio
+
+    samples = np.random.default_rng(3).integers(0, 65536, (6, 5, 3)).astype(np.uint16)
+    (tmp_path / "deep.png").write_bytes(imageio.encode_png16(samples))
+    from PIL import Image
+
+    with Image.open(tmp_path / "deep.png") as image:
+        image.tile = [tuple(tile) for tile in image.tile]  # Pillow 9.5 (the WebUI's) has plain tuples
+        found = imageio._wide_rawmodes(image)
+    assert found is not None and isinstance(found[0][0], tuple)
+    decoded = imageio.read_image(tmp_path / "deep.png")
+    assert np.array_equal(np.round(decoded.rgb * 65535).astype(np.uint16), samples)
+
+
+def test_a_drawn_seed_is_reported_for_infotexts(pipe):
+    image = torch.rand(1, 3, 8, 8)
+    first = pipe.upscale(image)
+    drawn = pipe.last_seed
+    assert isinstance(drawn, int) and 0 <= drawn < 2 ** 31
+    assert torch.equal(pipe.upscale(image, seed=drawn), first)  # the reported seed reproduces the image
