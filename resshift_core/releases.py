@@ -89,33 +89,32 @@ AUTOENCODERS: dict[str, AutoencoderRelease] = {
                                               num_res_blocks=(1, 2, 3, 4))),
 }
 
-RELEASES: dict[str, Release] = {r.name: r for r in [
-    Release("realsr-v3", "sr", 4, _SCHEDULE_S4, "resshift_realsrx4_s4_v3.pth",
-            RESSHIFT_URL + "resshift_realsrx4_s4_v3.pth", "vq-f4", _SR,
-            description="real-world x4, 4 steps (journal version; the recommended default)"),
-    Release("realsr-v2", "sr", 4, _SCHEDULE_V1, "resshift_realsrx4_s15_v2.pth",
-            RESSHIFT_URL + "resshift_realsrx4_s15_v2.pth", "vq-f4", _SR,
-            description="real-world x4, 15 steps (NeurIPS 2023, 500k iterations)"),
-    Release("realsr-v1", "sr", 4, _SCHEDULE_V1, "resshift_realsrx4_s15_v1.pth",
-            RESSHIFT_URL + "resshift_realsrx4_s15_v1.pth", "vq-f4", _SR,
-            description="real-world x4, 15 steps (NeurIPS 2023, 300k iterations)"),
-    Release("bicsr", "sr", 4, _SCHEDULE_S4, "resshift_bicsrx4_s4.pth",
-            RESSHIFT_URL + "resshift_bicsrx4_s4.pth", "vq-f4", _SR,
-            description="bicubic x4, 4 steps (for Matlab-bicubic down-scaled inputs)"),
-    Release("inpaint-imagenet", "inpaint", 1, _SCHEDULE_S4, "resshift_inpainting_imagenet_s4.pth",
-            RESSHIFT_URL + "resshift_inpainting_imagenet_s4.pth", "vq-f4", _INPAINT,
-            description="inpainting of natural images, 4 steps (mask: white = fill)"),
-    Release("inpaint-face", "inpaint", 1, _SCHEDULE_S4, "resshift_inpainting_face_s4.pth",
-            RESSHIFT_URL + "resshift_inpainting_face_s4.pth", "vq-f4-face", _INPAINT,
-            description="inpainting of aligned faces, 4 steps (mask: white = fill)"),
-    Release("faceir", "faceir", 1, _SCHEDULE_S4, "resshift_faceir_s4.pth",
-            RESSHIFT_URL + "resshift_faceir_s4.pth", "vq-f8-face", _FACEIR,
-            description="blind restoration of aligned 512x512 faces, 4 steps"),
-    Release("sinsr-v1", "sr", 4, _SCHEDULE_V1, "SinSR_v1.pth", SINSR_URL + "SinSR_v1.pth", "vq-f4", _SR,
-            one_step=True, description="SinSR: real-world x4 in one step (distilled from ResShift v1)"),
-    Release("sinsr-v2", "sr", 4, _SCHEDULE_V1, "SinSR_v2.pth", SINSR_URL + "SinSR_v2.pth", "vq-f4", _SR,
-            one_step=True, description="SinSR v2: real-world x4 in one step"),
-]}
+# name, task, scale, schedule, official file, where it is published, autoencoder, architecture, one step, menu line
+_TABLE = (
+    ("realsr-v3", "sr", 4, _SCHEDULE_S4, "resshift_realsrx4_s4_v3.pth", RESSHIFT_URL, "vq-f4", _SR, False,
+     "real-world x4, 4 steps (journal version; the recommended default)"),
+    ("realsr-v2", "sr", 4, _SCHEDULE_V1, "resshift_realsrx4_s15_v2.pth", RESSHIFT_URL, "vq-f4", _SR, False,
+     "real-world x4, 15 steps (NeurIPS 2023, 500k iterations)"),
+    ("realsr-v1", "sr", 4, _SCHEDULE_V1, "resshift_realsrx4_s15_v1.pth", RESSHIFT_URL, "vq-f4", _SR, False,
+     "real-world x4, 15 steps (NeurIPS 2023, 300k iterations)"),
+    ("bicsr", "sr", 4, _SCHEDULE_S4, "resshift_bicsrx4_s4.pth", RESSHIFT_URL, "vq-f4", _SR, False,
+     "bicubic x4, 4 steps (for Matlab-bicubic down-scaled inputs)"),
+    ("inpaint-imagenet", "inpaint", 1, _SCHEDULE_S4, "resshift_inpainting_imagenet_s4.pth", RESSHIFT_URL, "vq-f4",
+     _INPAINT, False, "inpainting of natural images, 4 steps (mask: white = fill)"),
+    ("inpaint-face", "inpaint", 1, _SCHEDULE_S4, "resshift_inpainting_face_s4.pth", RESSHIFT_URL, "vq-f4-face",
+     _INPAINT, False, "inpainting of aligned faces, 4 steps (mask: white = fill)"),
+    ("faceir", "faceir", 1, _SCHEDULE_S4, "resshift_faceir_s4.pth", RESSHIFT_URL, "vq-f8-face", _FACEIR, False,
+     "blind restoration of aligned 512x512 faces, 4 steps"),
+    ("sinsr-v1", "sr", 4, _SCHEDULE_V1, "SinSR_v1.pth", SINSR_URL, "vq-f4", _SR, True,
+     "SinSR: real-world x4 in one step (distilled from ResShift v1)"),
+    ("sinsr-v2", "sr", 4, _SCHEDULE_V1, "SinSR_v2.pth", SINSR_URL, "vq-f4", _SR, True,
+     "SinSR v2: real-world x4 in one step"),
+)
+RELEASES: dict[str, Release] = {
+    name: Release(name, task, scale, schedule, file_name, base_url + file_name, autoencoder, unet, one_step=one_step,
+                  description=description)
+    for name, task, scale, schedule, file_name, base_url, autoencoder, unet, one_step, description in _TABLE
+}
 
 DEFAULT_RELEASE = "realsr-v3"
 DEFAULT_SEED = 12345  # the official inference script's default
