@@ -8,7 +8,6 @@ model again on its own output. Errors are raised, never replaced by a Lanczos im
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from pathlib import Path
 
@@ -19,8 +18,9 @@ from modules import devices, modelloader, shared
 from modules.upscaler import LANCZOS, Upscaler, UpscalerData
 
 import resshift_core as rc
-from resshift_core.errors import NeededFile, missing_files_message
+from resshift_core.errors import NeededFile
 from resshift_core.pipeline import parse_dtype
+from resshift_core.runtime import default_dtype
 from resshift_core.hub import release_files as files_of_release
 from resshift_core.releases import autoencoder_for_file_name, release_for_file_name
 
@@ -105,9 +105,7 @@ class UpscalerResShift(Upscaler):
         if missing:
             reason = ("the WebUI could not download them: " + "; ".join(dict.fromkeys(failures)) if failures
                       else "downloading is off ({arg:offline})")
-            message = (missing_files_message(missing, reason)
-                       + f"\nThe weights are licensed by their authors under the {rc.WEIGHTS_LICENSE}: {rc.LICENSE_URL}")
-            raise rc.OfflineError(message, url=missing[0].url, path=missing[0].path, files=tuple(missing))
+            raise rc.missing_files_error(missing, reason)
         return local[needed[0].file_name], local[needed[1].file_name]
 
     # ---------------------------------------------------------------------------------------------- running
@@ -128,9 +126,8 @@ class UpscalerResShift(Upscaler):
     def device_and_dtype() -> tuple[torch.device, torch.dtype]:
         device = devices.get_device_for(DEVICE_TASK)
         choice = settings.value(shared.opts, "resshift_dtype")
-        if choice == "Automatic":
-            half = torch.device(device).type != "cpu" and not shared.cmd_opts.no_half
-            choice = "float16" if half else "float32"
+        if choice == "Automatic":  # the core's rule (fp16 on a GPU), unless the WebUI runs without half precision
+            choice = "fp32" if shared.cmd_opts.no_half else default_dtype(str(device))
         return torch.device(device), parse_dtype(choice)
 
     def pipeline_for(self, release, device_dtype):
@@ -191,8 +188,7 @@ class UpscalerResShift(Upscaler):
         release = self.release_for(selected_model)
         device_dtype = self.device_and_dtype()
         seed = int(settings.value(shared.opts, "resshift_seed"))
-        if seed < 0:
-            seed = random.randrange(2 ** 31 - 1)
+        seed = rc.random_seed() if seed < 0 else seed  # -1: a fresh one, drawn by the core's rule
         with self._lock:
             forge.free_memory_for(self._pipeline, img.height, img.width, self.tiling())  # before our weights move
             pipe = self.pipeline_for(release, device_dtype)
