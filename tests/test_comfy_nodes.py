@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import sys
 import uuid
@@ -444,3 +445,20 @@ def test_pyproject_has_the_comfy_registry_table():
 
     comfy_table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]
     assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy_table)
+
+
+def test_template_workflows_match_their_api_copies():
+    """The UI-format templates (ComfyUI's template browser) and the API copies the end-to-end test runs describe
+    the same graphs, with the same ResShift settings."""
+    templates = sorted((REPO / "example_workflows").glob("*.json"))
+    assert {p.stem for p in templates} == {"upscale", "upscale_batch", "upscale_alpha", "split"}
+    for template in templates:
+        ui = json.loads(template.read_text())
+        api = json.loads((REPO / "example_workflows" / "api" / template.name).read_text())
+        assert sorted(n["type"] for n in ui["nodes"]) == sorted(n["class_type"] for n in api.values())
+        for node in ui["nodes"]:
+            if node["type"] == "ResShiftPipelineLoader":
+                (loader,) = [n for n in api.values() if n["class_type"] == node["type"]]
+                assert node["widgets_values"] == [loader["inputs"][k] for k in ("unet_name", "vae_name", "release",
+                                                                                  "dtype")]
+        assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
