@@ -9,11 +9,19 @@ import textwrap
 
 import pytest
 import torch
+from train_helpers import (
+    ROOT,
+    TINY_RECIPE,
+    assert_states_equal,
+    final_state,
+    free_port,
+    read_metrics,
+    small_overrides,
+    train_args,
+)
 
-from train_helpers import (ROOT, TINY_RECIPE, assert_states_equal, final_state, free_port, read_metrics,
-                           small_overrides, train_args)
-
-from train import checkpoint, config as cfg, train
+from train import checkpoint, train
+from train import config as cfg
 
 
 def _subprocess_env() -> dict:
@@ -48,13 +56,18 @@ def test_training_lowers_the_loss_on_a_fixed_probe_batch(tmp_path):
 
 
 def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path):
+    """Stopped at step 3 by --max-steps and resumed: the same losses, weights, EMA and optimizer state as one run
+    (cosine LR over 6 steps with a warm-up, so the schedule position matters too)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
-    overrides = small_overrides()
+    overrides = small_overrides(**{"optim.schedule": "cosine", "optim.warmup_steps": 2, "train.max_steps": 6,
+                                   "optim.lr_min": 1e-4, "train.ema_warmup": "true"})
     assert train.run(train_args(straight, 6, *overrides)) == 0
     assert train.run(train_args(split, 3, *overrides)) == 0  # stops at 3 with a checkpoint
     assert [s for s, _ in checkpoint.list_checkpoints(split)] == [3]
     assert train.run(train_args(split, 6, *overrides)) == 0  # --resume auto continues at step 4
     assert [r["loss"] for r in read_metrics(split)] == [r["loss"] for r in read_metrics(straight)]
+    assert [r["lr"] for r in read_metrics(split)] == [r["lr"] for r in read_metrics(straight)]
+    assert len({r["lr"] for r in read_metrics(straight)}) == 5  # 2 warm-up steps, then 4 cosine steps from the top
     a, b = final_state(straight), final_state(split)
     assert a["step"] == b["step"] == 6
     assert_states_equal(a["unet"], b["unet"])
@@ -89,12 +102,12 @@ KILLER = textwrap.dedent("""
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_usable(tmp_path):
     run_dir = tmp_path / "run"
     args = train_args(run_dir, 4, *small_overrides(**{"train.save_every": 2}))
-    killed = subprocess.run([sys.executable, "-c", KILLER, *args], env=_subprocess_env(), capture_output=True,
+    killed = subprocess.run([sys.executable, "-c", KILLER, *args], env=_subprocess_env(), check=False, capture_output=True,
                             text=True, timeout=600)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert [s for s, _ in checkpoint.list_checkpoints(run_dir)] == [2]
     assert list((run_dir / "checkpoints").glob("*.tmp")), "the partial file should be the temporary one"
-    path, state = checkpoint.latest_valid(run_dir)
+    _, state = checkpoint.latest_valid(run_dir)
     assert state["step"] == 2
     # --resume auto continues from it and ends where an uninterrupted run ends
     assert train.run(args) == 0
@@ -119,7 +132,7 @@ def test_two_processes_with_torchrun_match_one_process(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
                f"--master_port={free_port()}", "--master_addr=127.0.0.1", str(ROOT / "train" / "train.py"),
                *train_args(double, 3, *overrides)]
-    result = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, env=_subprocess_env(), check=False, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close([r["loss"] for r in read_metrics(double)], [r["loss"] for r in read_metrics(single)],
                                rtol=1e-5, atol=1e-6)
@@ -178,9 +191,9 @@ def test_latent_recipe_without_autoencoder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_export_upscales_through_the_public_api_and_the_cli(tmp_path):
-    import resshift_core as rc
     from PIL import Image
 
+    import resshift_core as rc
     from train import export
 
     run_dir = tmp_path / "run"
@@ -205,7 +218,7 @@ def test_export_upscales_through_the_public_api_and_the_cli(tmp_path):
         out_dir = tmp_path / ("out" + "".join(extra))
         result = subprocess.run([sys.executable, "-m", "resshift_core", "upscale", str(image_path), "-o", str(out_dir),
                                  "--unet", str(exported), "--device", "cpu", "--no-progress", *extra],
-                                env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+                                env=_subprocess_env(), check=False, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
         with Image.open(out_dir / "photo.png") as upscaled:
             assert upscaled.size == (80, 48)

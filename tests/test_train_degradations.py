@@ -21,13 +21,13 @@ ROOT_PHOTO = "astronaut"
 def basicsr():
     """basicsr 1.4.2 with a shim for torchvision >= 0.17, which dropped ``transforms.functional_tensor``."""
     if "torchvision.transforms.functional_tensor" not in sys.modules:
-        import torchvision.transforms.functional as functional
+        from torchvision.transforms import functional
 
         shim = types.ModuleType("torchvision.transforms.functional_tensor")
         shim.rgb_to_grayscale = functional.rgb_to_grayscale
         sys.modules["torchvision.transforms.functional_tensor"] = shim
     pytest.importorskip("basicsr", reason="basicsr is the reference (CI installs basicsr==1.4.2)")
-    import basicsr.data.degradations as degradations
+    from basicsr.data import degradations
     from basicsr.utils.diffjpeg import DiffJPEG
     from basicsr.utils.img_process_util import filter2D
     from basicsr.utils.matlab_functions import imresize
@@ -139,7 +139,7 @@ def realesrgan_batch(seed: int, indices):
     items = [dataset[i] for i in indices]
     batch = {k: torch.stack([item[k] for item in items]) for k in ("gt", "kernel1", "kernel2", "sinc_kernel")}
     batch["index"] = torch.tensor(list(indices))
-    return datamod.degrade_batch(batch, config, 0, 2, torch.device("cpu")), settings
+    return datamod.degrade_batch(batch, config, 2, torch.device("cpu")), settings
 
 
 def test_realesrgan_pipeline_is_seeded_per_sample_and_group():
@@ -182,7 +182,7 @@ def test_pair_pool_rebuilt_on_resume_continues_identically():
     outputs = []
     for step in range(12):
         pairs = [fresh(step, p) for p in positions]
-        gt, lq = pool.exchange(step, torch.stack([g for g, _ in pairs]), torch.stack([q for _, q in pairs]))
+        gt, _ = pool.exchange(step, torch.stack([g for g, _ in pairs]), torch.stack([q for _, q in pairs]))
         outputs.append(gt[:, 0, 0, 0].tolist())
     assert outputs[0] == [2.0, 3.0] and outputs[11] != [1102.0, 1103.0]
     resumed = datamod.PairPool(4, seed=9, positions=positions)

@@ -55,8 +55,8 @@ def free_port() -> int:
 
 def assert_states_equal(first: dict, second: dict, atol: float = 0.0) -> None:
     assert first.keys() == second.keys()
-    for key in first:
+    for key, value in first.items():
         if atol:
-            torch.testing.assert_close(first[key], second[key], atol=atol, rtol=0, msg=key)
+            torch.testing.assert_close(value, second[key], atol=atol, rtol=0, msg=key)
         else:
-            assert torch.equal(first[key], second[key]), f"{key} differs"
+            assert torch.equal(value, second[key]), f"{key} differs"

@@ -57,6 +57,7 @@ DEFAULTS: dict = {
         "micro_batch": 12,            # samples per forward/backward; the rest is gradient accumulation
         "precision": "fp16",          # "fp16" (autocast + GradScaler), "bf16" (autocast) or "fp32"
         "ema_decay": 0.999,
+        "ema_warmup": False,          # decay min(ema_decay, (1 + n) / (10 + n)) at update n (short runs)
         "compile": False,             # torch.compile the UNet
         "threads": None,              # torch CPU threads per process (null: torch's default)
         "save_every": 10000,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -301,7 +300,7 @@ def make_loader(dataset: TrainPairs, sampler: StepBatchSampler, workers: int, pi
                                        persistent_workers=False, prefetch_factor=2 if workers else None)
 
 
-def degrade_batch(batch: dict, config: dict, step: int, micro_batch: int, device: torch.device) -> dict:
+def degrade_batch(batch: dict, config: dict, micro_batch: int, device: torch.device) -> dict:
     """Move a loaded batch to the device and, for realesrgan, synthesise its LR images there.
 
     Group-level random choices (resize factors / modes, noise kind, second order, final order) are drawn per group
@@ -384,6 +383,3 @@ class PairPool:
             for slot, past in owners.items():
                 self.slots[position][slot] = fresh_pair(past, position)
 
-
-def steps_per_epoch(image_count: int, global_batch: int) -> float:
-    return image_count / global_batch if global_batch else math.inf

@@ -59,7 +59,7 @@ def matlab_resize_matrix(in_length: int, out_length: int, scale: float, antialia
     out_pos = np.arange(1, out_length + 1, dtype=np.float64)
     centre = out_pos / scale + 0.5 * (1 - 1 / scale)  # 1-based input coordinate of each output pixel
     left = np.floor(centre - kernel_width / 2)
-    taps = int(math.ceil(kernel_width)) + 2
+    taps = math.ceil(kernel_width) + 2
     index = left[:, None] + np.arange(taps)[None, :]  # 1-based input positions
     distance = centre[:, None] - index
     weights = scale * _matlab_cubic(distance * scale) if stretch else _matlab_cubic(distance)
@@ -231,7 +231,7 @@ def gaussian_noise(images: torch.Tensor, sigma: torch.Tensor, gray: torch.Tensor
         (B, C, H, W) noise; a gray field (one per image) is drawn first when any image wants one, then the colour
         field.
     """
-    batch, channels, height, width = images.shape
+    batch, _, height, width = images.shape
     sigma = sigma.view(-1, 1, 1, 1).to(images) / 255.0
     gray = gray.view(-1, 1, 1, 1).to(images)
     gray_field = None

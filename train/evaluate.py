@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     _here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "train"  # noqa: A001
+    __package__ = "train"
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +66,12 @@ def bicubic_baselines(pairs, scale: int) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def run_cli(unet: Path, lr_dir: Path, out_dir: Path, seed: int, one_step: bool, extra: list[str]) -> None:
+def run_cli(unet: Path, lr_dir: Path, out_dir: Path, seed: int, one_step: bool, device: str) -> None:
     command = [sys.executable, "-m", "resshift_core", "upscale", str(lr_dir), "-o", str(out_dir), "--unet", str(unet),
-               "--seed", str(seed), "--device", "cpu", "--dtype", "fp32", "--overwrite", "--no-progress", *extra]
+               "--seed", str(seed), "--device", device, "--dtype", "fp32", "--overwrite", "--no-progress"]
     if one_step:
         command.append("--one-step")
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
@@ -86,14 +86,14 @@ def read_outputs(out_dir: Path, stems) -> dict[str, torch.Tensor]:
     return results
 
 
-def upscale_api(unet_path: Path, pairs, seed: int, one_step: bool) -> dict[str, torch.Tensor]:
+def upscale_api(unet_path: Path, pairs, seed: int, one_step: bool, device: str) -> dict[str, torch.Tensor]:
     """The same through the Python API (``ResShiftPipeline.from_files`` with no autoencoder)."""
     from resshift_core import ResShiftPipeline
 
-    pipe = ResShiftPipeline.from_files(unet_path, None, device="cpu", dtype="fp32")
+    pipe = ResShiftPipeline.from_files(unet_path, None, device=device, dtype="fp32")
     if one_step:
         pipe.one_step = True
-    return {stem: pipe.upscale(lr, seed=seed) for stem, (gt, lr) in pairs.items()}
+    return {stem: pipe.upscale(lr, seed=seed).cpu() for stem, (_, lr) in pairs.items()}
 
 
 def score(results: dict[str, torch.Tensor], pairs, scale: int) -> dict:
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--one-step-seed", type=int, default=1)
     parser.add_argument("--via", choices=["cli", "api"], default="cli")
     parser.add_argument("--out", help="folder for LR inputs, outputs and results.json (default: a temporary one)")
-    parser.add_argument("cli_args", nargs="*", help="extra arguments for the CLI after --, e.g. -- --tile 64")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda); fp32 either way")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
@@ -126,10 +126,10 @@ def main(argv=None) -> int:
         for label, seed, one_step in runs:
             if args.via == "cli":
                 target = out / label
-                run_cli(Path(args.unet), out / "lr", target, seed, one_step, args.cli_args)
+                run_cli(Path(args.unet), out / "lr", target, seed, one_step, args.device)
                 results = read_outputs(target, pairs)
             else:
-                results = upscale_api(Path(args.unet), pairs, seed, one_step)
+                results = upscale_api(Path(args.unet), pairs, seed, one_step, args.device)
             report[label] = {"seed": seed, **score(results, pairs, args.scale)}
         full = [report[f"full_seed{s}"]["psnr_y"] for s in args.seeds]
         base = max(report["bicubic_pil"]["psnr_y"], report["bicubic_torch"]["psnr_y"])

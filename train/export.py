@@ -20,7 +20,7 @@ if __package__ in (None, ""):
     _here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "train"  # noqa: A001
+    __package__ = "train"
 
 from resshift_core import ResShiftUNet, ScheduleParams
 
@@ -50,7 +50,7 @@ def export(source: str | Path, output: str | Path, weights: str = "ema") -> Path
     """Write the EMA (or raw) UNet weights of a run / checkpoint to ``output`` (.safetensors); returns its path."""
     from resshift_core.checkpoints import save_unet
 
-    path, state = read_source(source)
+    _, state = read_source(source)
     config = json.loads(state["config_json"])
     model = ResShiftUNet(unet_config(config))
     model.load_state_dict(ckpt.strip_prefixes(state["ema" if weights == "ema" else "unet"]))

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: import the package from the re
     _here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _here]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "train"  # noqa: A001
+    __package__ = "train"
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,7 @@ from . import checkpoint as ckpt
 from . import config as cfg
 from . import data as datamod
 from .ema import EMA
+from .losses import LPIPSUnavailable
 from .metrics import psnr_y, ssim_y
 
 logger = logging.getLogger("train")
@@ -139,7 +140,11 @@ def schedule_of(config: dict) -> Schedule:
 
 
 def learning_rate(config: dict, step: int) -> float:
-    """LR of the optimizer step with 0-based index ``step``: linear warm-up, then constant or cosine to lr_min."""
+    """LR of the optimizer step with 0-based index ``step``: linear warm-up, then constant or cosine to lr_min.
+
+    The official trainer sets the LR after each step, so its first step runs at the full LR before the ramp starts;
+    here the ramp starts at the first step (lr / warmup_steps), as a warm-up is meant to.
+    """
     optim = config["optim"]
     base, warmup = float(optim["lr"]), int(optim["warmup_steps"])
     if warmup and step < warmup:
@@ -178,7 +183,7 @@ class Trainer:
         if self.autoencoder is not None:
             self.autoencoder.to(self.device)
         self.unet = build_unet(config).to(self.device)
-        self.ema = EMA(self.unet, config["train"]["ema_decay"])
+        self.ema = EMA(self.unet, config["train"]["ema_decay"], config["train"]["ema_warmup"])
         self.ddp = None
         self.network = self.unet
         if env.distributed:
@@ -303,7 +308,7 @@ def validate(trainer: Trainer, pairs, run_dir: Path, step: int) -> dict:
         else:
             y, condition = trainer.autoencoder.encode(up).float(), lq_m11
 
-        def denoise(x_in: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def denoise(x_in: torch.Tensor, t: torch.Tensor, condition=condition) -> torch.Tensor:
             return model(x_in, t, lq=condition).float()
 
         z0 = sample(denoise, y, trainer.schedule, NoiseSource.from_seed(number))
@@ -330,7 +335,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--run-dir", required=True, help="folder for checkpoints, metrics.jsonl, validation images")
     parser.add_argument("--resume", default="auto",
                         help="'auto' (newest valid checkpoint of the run, if any), 'none', or a checkpoint file")
-    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (with a checkpoint)")
+    parser.add_argument("--max-steps", type=int, help="stop at this step with a checkpoint (the LR schedule still "
+                                                      "spans train.max_steps; resume to continue)")
     parser.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes (with a checkpoint)")
     parser.add_argument("--log-every", type=int, help="metrics.jsonl line every N steps (1: every step)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -376,8 +382,6 @@ def save_checkpoint(trainer: Trainer, optimizer, run_dir: Path, step: int, confi
 def run(argv=None) -> int:
     args = parse_args(argv)
     overrides = list(args.overrides)
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
     if args.log_every is not None:
         overrides.append(f"train.log_every={args.log_every}")
     if args.no_lpips:
@@ -395,7 +399,8 @@ def run(argv=None) -> int:
     per_rank, micro_count = cfg.batch_split(config, env.world_size)
     micro = per_rank // micro_count
     global_batch = int(config["train"]["global_batch"])
-    max_steps = int(config["train"]["max_steps"])
+    max_steps = int(config["train"]["max_steps"])  # the run's length: the LR schedule ends here
+    stop_step = max_steps if args.max_steps is None else min(int(args.max_steps), max_steps)  # this invocation
 
     trainer = Trainer(config, env)
     optim = config["optim"]
@@ -421,7 +426,7 @@ def run(argv=None) -> int:
 
     refs = datamod.collect_images(config["data"]["sources"])
     dataset = datamod.TrainPairs(refs, config)
-    sampler = datamod.StepBatchSampler(start_step, max_steps, global_batch, env.rank, env.world_size)
+    sampler = datamod.StepBatchSampler(start_step, stop_step, global_batch, env.rank, env.world_size)
     loader = datamod.make_loader(dataset, sampler, int(config["data"]["workers"]), bool(config["data"]["pin_memory"]))
     positions = list(range(env.rank * per_rank, (env.rank + 1) * per_rank))
     pool = None
@@ -444,7 +449,7 @@ def run(argv=None) -> int:
     if env.main and not args.no_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True, smoothing=0.05)
+        progress = tqdm(total=stop_step, initial=start_step, unit="step", dynamic_ncols=True, smoothing=0.05)
 
     log_every = max(1, int(config["train"]["log_every"]))
     save_every = int(config["train"]["save_every"])
@@ -457,7 +462,7 @@ def run(argv=None) -> int:
     trainer.unet.train()
     stopped_early = False
     for batch in loader:
-        data = datamod.degrade_batch(batch, config, step, micro, trainer.device)
+        data = datamod.degrade_batch(batch, config, micro, trainer.device)
         gt, lq = data["gt"], data["lq"]
         if pool is not None:
             gt, lq = pool.exchange(step, gt, lq)
@@ -483,14 +488,14 @@ def run(argv=None) -> int:
         trainer.scaler.step(optimizer)
         trainer.scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        trainer.ema.update(trainer.unet)
         step += 1
+        trainer.ema.update(trainer.unet, step)
         window_steps += 1
         loss_sum += step_loss
         if progress is not None:
             progress.update(1)
 
-        if step % log_every == 0 or step == max_steps:
+        if step % log_every == 0 or step == stop_step:
             mean_loss = env.mean(loss_sum / window_steps).item()
             means = {k: env.mean(v / window_steps).item() for k, v in terms_sum.items()}
             elapsed = time.monotonic() - window_start
@@ -524,13 +529,13 @@ def run(argv=None) -> int:
 
         time_up = args.max_minutes is not None and (time.monotonic() - started) / 60 >= args.max_minutes
         time_up = env.any(time_up)
-        if (save_every and step % save_every == 0) or step == max_steps or time_up:
+        if (save_every and step % save_every == 0) or step == stop_step or time_up:
             if env.main:
                 path = save_checkpoint(trainer, optimizer, run_dir, step, config)
                 logger.info("saved %s", path)
             env.barrier()
         if time_up:
-            stopped_early = step < max_steps
+            stopped_early = step < stop_step
             break
 
     if progress is not None:
@@ -561,7 +566,7 @@ def _fresh_pair_factory(dataset, config: dict, micro: int, global_batch: int, de
             items = [dataset[i] for i in indices]
             batch = {name: torch.stack([item[name] for item in items]) for name in items[0] if name != "index"}
             batch["index"] = torch.tensor(indices)
-            out = datamod.degrade_batch(batch, config, step, micro, device)
+            out = datamod.degrade_batch(batch, config, micro, device)
             cache[key] = (out["gt"], out["lq"])
         gt, lq = cache[key]
         return gt[position - first].clone(), lq[position - first].clone()
@@ -570,18 +575,12 @@ def _fresh_pair_factory(dataset, config: dict, micro: int, global_batch: int, de
 
 
 def main(argv=None) -> int:
+    """Command-line entry: configuration, data and LPIPS problems are one error line and exit status 2."""
     try:
         return run(argv)
-    except (cfg.ConfigError, datamod.DataError) as error:
+    except (cfg.ConfigError, datamod.DataError, LPIPSUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:
-        from .losses import LPIPSUnavailable
-
-        if isinstance(error, LPIPSUnavailable):
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":
