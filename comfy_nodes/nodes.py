@@ -75,30 +75,41 @@ def _tiling(tile_size: int, tile_overlap: int) -> dict:
 LOADER_INPUTS = {"unet": "unet_name", "autoencoder": "vae_name", "release": "release", "dtype": "dtype"}
 
 
-def _model_path(name: str) -> str:
-    """The file behind a combo choice: from the resshift model folders, or, for an official file name that is not
-    there yet, downloaded into models/resshift (the core's offline message when that is not possible)."""
-    path = host.find_model_file(name)
-    if path is not None:
-        return path
-    folder = host.default_models_dir()
+def _official_file(name: str):
+    """The release or autoencoder whose official file is called ``name`` (what the combos offer), or None."""
     release = releases.release_for_file_name(name)
     if release is not None and release.file_name == name:
-        unet_path, _, _ = hub.fetch_release_files(release, cache_dir=folder, progress=host.download_progress(name))
-        return str(unet_path)
+        return release
     autoencoder = releases.autoencoder_for_file_name(name)
     if autoencoder is not None and autoencoder.file_name == name:
-        return str(hub.fetch_file(autoencoder.file_name, autoencoder.url, autoencoder.sha256, cache_dir=folder,
-                                  progress=host.download_progress(name)))
-    raise ResShiftNodeError(f"{name} is not in the resshift model folders ({', '.join(host.model_folders())}) and "
-                            f"is not an official file that could be downloaded: put it there and refresh")
+        return autoencoder
+    return None
+
+
+def _model_paths(*names: str) -> list[str]:
+    """The files behind the combo choices: from the resshift model folders, or, for official file names not there
+    yet, downloaded into models/resshift in one request (so that, offline, the core's error names every missing
+    file at once)."""
+    paths = {name: host.find_model_file(name) for name in names}
+    wanted = {name: _official_file(name) for name, path in paths.items() if path is None}
+    unknown = [name for name, item in wanted.items() if item is None]
+    if unknown:
+        raise ResShiftNodeError(f"{', '.join(unknown)} is not in the resshift model folders "
+                                f"({', '.join(host.model_folders())}) and is not an official file that could be "
+                                f"downloaded: put the file there and refresh the page")
+    if wanted:
+        fetched = hub.fetch_files(list(wanted.values()), cache_dir=host.default_models_dir(),
+                                  progress=host.download_progress(", ".join(wanted)))
+        paths.update(zip(wanted, map(str, fetched)))
+    return [paths[name] for name in names]
 
 
 def load_pipeline(unet_name: str, vae_name: str, release: str, dtype: str) -> tuple:
     rc = require_core()
     with host.node_errors(LOADER_INPUTS):
-        unet = rc.load_model(_model_path(unet_name), expect="unet", release=None if release == AUTO else release)
-        autoencoder = rc.load_model(_model_path(vae_name), expect="autoencoder")
+        unet_path, vae_path = _model_paths(unet_name, vae_name)
+        unet = rc.load_model(unet_path, expect="unet", release=None if release == AUTO else release)
+        autoencoder = rc.load_model(vae_path, expect="autoencoder")
         return (host.wrap_networks(unet, autoencoder, host.choose_dtype(dtype, unet)),)
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_weights import AUTOENCODER, INPAINT_AUTOENCODER, INPAINT_RELEASE, INPAINT_UNET, SR_RELEASE, UNET
+from tiny_weights import (AUTOENCODER, INPAINT_AUTOENCODER, INPAINT_RELEASE, INPAINT_UNET, SR_RELEASE, UNET,
+                          hostile_pickle)
 
 REPO = Path(__file__).resolve().parents[1]
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
@@ -241,9 +242,48 @@ def test_missing_official_file_offline_gives_the_core_offline_message(stubs, v3_
                vae_name="autoencoder_vq_f4.pth", release="auto", dtype="auto")
     message = str(caught.value)
     assert type(caught.value).__name__ == "ResShiftNodeError"
-    assert "resshift_realsrx4_s4_v3.pth" in message and "https://" in message
-    assert str(stubs.resshift_dir) in message  # says where to put it
+    assert "resshift_realsrx4_s4_v3.pth" in message and "autoencoder_vq_f4.pth" in message  # both, at once
+    assert "https://" in message and str(stubs.resshift_dir) in message  # from where, to where
     assert not stubs.resshift_dir.exists() or not any(stubs.resshift_dir.iterdir())
+
+
+def test_a_pickle_that_runs_code_is_refused_and_never_executed(stubs, v3_pack, tmp_path):
+    marker = tmp_path / "code_ran"
+    stubs.resshift_dir.mkdir(parents=True)
+    hostile_pickle(stubs.resshift_dir / "hostile.pth", marker)
+    _, vae_name = stubs.add_models()
+    with pytest.raises(Exception) as caught:
+        run_v3(v3_pack["ResShiftPipelineLoader"], unet_name="hostile.pth", vae_name=vae_name, release="auto",
+               dtype="auto")
+    assert type(caught.value).__name__ == "ResShiftNodeError" and "run code" in str(caught.value)
+    assert not marker.exists()
+
+
+def test_official_files_missing_from_the_folder_are_fetched_into_models_resshift(stubs, v3_pack, comfy_session,
+                                                                                  monkeypatch):
+    """The loader asks the core's downloader for the official names, with models/resshift as the destination (the
+    download itself is the core's, tested there); here the 'download' copies the small models."""
+    hub = sys.modules[comfy_session.pack.__name__ + ".resshift_core.hub"]
+    fetched = []
+
+    def fake_fetch_files(files, *, cache_dir=None, download=True, progress=True):
+        paths = []
+        for item in files:
+            fetched.append((item.file_name, Path(cache_dir)))
+            source = AUTOENCODER if item.file_name.startswith("autoencoder") else UNET
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cache_dir) / item.file_name).write_bytes(source.read_bytes())
+            progress(1, 1)
+            paths.append(Path(cache_dir) / item.file_name)
+        return paths
+
+    monkeypatch.setattr(hub, "fetch_files", fake_fetch_files)
+    (pipeline,) = run_v3(v3_pack["ResShiftPipelineLoader"], unet_name="resshift_realsrx4_s4_v3.pth",
+                         vae_name="autoencoder_vq_f4.pth", release="auto", dtype="auto")
+    assert [name for name, _ in fetched] == ["resshift_realsrx4_s4_v3.pth", "autoencoder_vq_f4.pth"]
+    assert {folder for _, folder in fetched} == {stubs.resshift_dir}
+    assert pipeline.unet.release.name == "realsr-v3"  # identified by its official name
+    assert (stubs.resshift_dir / "autoencoder_vq_f4.pth").is_file()
 
 
 # -------------------------------------------------------------------------------------------------- upscale
@@ -252,10 +292,21 @@ def batch_run(comfy_session, stubs, v3_pack, sr_pipeline):
     """One upscale of a batch of 2 through the V3 node, with what ComfyUI's stand-ins saw (run once per file)."""
     if "batch_run" not in comfy_session.pipelines:
         image = image_batch(batch=2)
-        out_image, out_mask = run_v3(v3_pack["ResShiftPipelineUpscale"], pipeline=sr_pipeline, image=image,
-                                     seed=3, tile_size=0, tile_overlap=-1)
+        core_pipeline, estimates = sr_pipeline.pipeline, []
+        estimate = core_pipeline.working_memory
+
+        def recorded_estimate(*args, **kwargs):
+            estimates.append((args, kwargs, estimate(*args, **kwargs)))
+            return estimates[-1][2]
+
+        core_pipeline.working_memory = recorded_estimate
+        try:
+            out_image, out_mask = run_v3(v3_pack["ResShiftPipelineUpscale"], pipeline=sr_pipeline, image=image,
+                                         seed=3, tile_size=0, tile_overlap=-1)
+        finally:
+            del core_pipeline.working_memory
         comfy_session.pipelines["batch_run"] = {
-            "image": image, "out_image": out_image, "out_mask": out_mask,
+            "image": image, "out_image": out_image, "out_mask": out_mask, "estimates": estimates,
             "loads": list(stubs.model_management.LOAD_CALLS), "progress": list(stubs.progress)}
     return comfy_session.pipelines["batch_run"]
 
@@ -273,8 +324,9 @@ def test_upscale_loads_models_through_comfyui_with_the_core_memory_estimate(batc
     (call,) = batch_run["loads"]
     assert call["models"] == sr_pipeline.patchers
     assert call["force_full_load"] is True
-    assert call["memory_required"] == sr_pipeline.pipeline.working_memory(12, 10, batch=2)
-    assert call["memory_required"] > 0
+    (((height, width), settings, estimate),) = batch_run["estimates"]  # the core was asked for this input
+    assert (height, width, settings["batch"]) == (12, 10, 2)
+    assert call["memory_required"] == estimate > 0
 
 
 def test_upscale_matches_the_core_pipeline_for_the_same_seed(batch_run, sr_pipeline):
@@ -462,3 +514,22 @@ def test_template_workflows_match_their_api_copies():
                 assert node["widgets_values"] == [loader["inputs"][k] for k in ("unet_name", "vae_name", "release",
                                                                                   "dtype")]
         assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_the_networks_run_where_comfyui_loads_them_in_its_dtype(stubs, v3_pack, batch_run):
+    """With ComfyUI on a GPU: the loader builds on the offload device, load_models_gpu moves the networks to CUDA,
+    auto dtype follows ComfyUI (float16 here), and IMAGE comes back on the intermediate device (the CPU)."""
+    stubs.model_management.TORCH_DEVICE = torch.device("cuda")
+    stubs.model_management.UNET_DTYPE = torch.float16
+    unet_name, vae_name = stubs.add_models()
+    (pipeline,) = run_v3(v3_pack["ResShiftPipelineLoader"], unet_name=unet_name, vae_name=vae_name,
+                         release=SR_RELEASE, dtype="auto")
+    assert all(next(p.model.parameters()).device.type == "cpu" for p in pipeline.patchers)
+    out_image, _ = run_v3(v3_pack["ResShiftPipelineUpscale"], pipeline=pipeline, image=batch_run["image"], seed=3,
+                          tile_size=0, tile_overlap=-1)
+    assert all(next(p.model.parameters()).device.type == "cuda" for p in pipeline.patchers)
+    assert next(pipeline.patchers[0].model.parameters()).dtype == torch.float16
+    assert out_image.device.type == "cpu" and out_image.shape == batch_run["out_image"].shape
+    assert (out_image - batch_run["out_image"]).abs().mean() < 0.02  # float16 on CUDA vs float32 on the CPU

@@ -1,7 +1,7 @@
 """Stand-in of ``comfy.model_management`` on a CPU-only machine.
 
 Records every ``load_models_gpu`` call in ``LOAD_CALLS`` and every ``unet_dtype`` question in ``DTYPE_CALLS``;
-``UNET_DTYPE`` is the answer tests can change. ``interrupt_current_processing`` sets the flag that
+``UNET_DTYPE`` and ``TORCH_DEVICE`` are the answers tests can change. ``interrupt_current_processing`` sets the flag that
 ``processing_interrupted`` reads, as ComfyUI's /interrupt does.
 """
 
@@ -10,6 +10,7 @@ import torch
 LOAD_CALLS = []
 DTYPE_CALLS = []
 UNET_DTYPE = torch.float32
+TORCH_DEVICE = torch.device("cpu")
 _interrupted = False
 
 
@@ -21,15 +22,16 @@ OOM_EXCEPTION = torch.cuda.OutOfMemoryError
 
 
 def reset():
-    global UNET_DTYPE, _interrupted
+    global UNET_DTYPE, TORCH_DEVICE, _interrupted
     LOAD_CALLS.clear()
     DTYPE_CALLS.clear()
     UNET_DTYPE = torch.float32
+    TORCH_DEVICE = torch.device("cpu")
     _interrupted = False
 
 
 def get_torch_device():
-    return torch.device("cpu")
+    return TORCH_DEVICE
 
 
 def unet_offload_device():
