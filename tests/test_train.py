@@ -178,7 +178,7 @@ def test_full_recipes_inherit_the_official_values():
 def test_missing_lpips_weights_say_how_to_train_without(tmp_path, capsys):
     code = train.main(["--config", str(ROOT / "train/configs/realsr_v3.yaml"), "--run-dir", str(tmp_path),
                        "--device", "cpu", "loss.lpips_vgg_weights=" + str(tmp_path / "absent.pth"),
-                       "model.autoencoder.random_init=true"])
+                       "model.autoencoder.random_init=true", "data.sources=[{skimage: [astronaut]}]"])
     message = capsys.readouterr().err
     assert code == 2
     assert "absent.pth" in message and "lpips_weight=0" in message and "--no-lpips" in message

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -81,10 +83,21 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Read a checkpoint safely (``weights_only``: tensors and plain containers only)."""
-    payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    """Read a checkpoint safely (``weights_only``: tensors and plain containers only).
+
+    Raises:
+        ValueError: the file is damaged (e.g. truncated) or is not a training checkpoint of this project.
+    """
+    try:
+        payload = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, zipfile.BadZipFile) as error:
+        # torch's unpickling message suggests weights_only=False, which this project never does: leave it out
+        detail = ("not a tensor-only PyTorch file" if isinstance(error, pickle.UnpicklingError)
+                  else str(error).splitlines()[0] if str(error) else type(error).__name__)
+        raise ValueError(f"'{path}' is damaged or not a training checkpoint ({detail})") from error
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a training checkpoint of this project")
+        raise ValueError(f"'{path}' is not a training checkpoint of this project (expected one written by "
+                         f"train/train.py under RUN/checkpoints/)")
     return payload
 
 
@@ -93,7 +106,7 @@ def latest_valid(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
     for step, path in reversed(list_checkpoints(run_dir)):
         try:
             return path, load(path)
-        except (RuntimeError, ValueError, EOFError, OSError) as error:
+        except ValueError as error:
             logger.warning("skipping damaged checkpoint %s (%s)", path, str(error).splitlines()[0] if str(error)
                            else type(error).__name__)
     return None

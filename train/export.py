@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         written = export(args.source, args.output, args.weights)
-    except ExportError as error:
+    except (ExportError, ValueError, RuntimeError, OSError) as error:  # damaged or foreign checkpoint files too
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(written)

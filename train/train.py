@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from resshift_core import ResShiftUNet, Schedule, ScheduleParams, UNetConfig, VQAutoencoder, VQConfig
+from resshift_core import ResShiftError, ResShiftUNet, Schedule, ScheduleParams, UNetConfig, VQAutoencoder, VQConfig
 from resshift_core.sampler import NoiseSource, sample
 
 from . import checkpoint as ckpt
@@ -402,6 +402,7 @@ def run(argv=None) -> int:
     max_steps = int(config["train"]["max_steps"])  # the run's length: the LR schedule ends here
     stop_step = max_steps if args.max_steps is None else min(int(args.max_steps), max_steps)  # this invocation
 
+    refs = datamod.collect_images(config["data"]["sources"])  # data problems are reported before any building
     trainer = Trainer(config, env)
     optim = config["optim"]
     optimizer = torch.optim.AdamW(trainer.unet.parameters(), lr=float(optim["lr"]),
@@ -424,7 +425,6 @@ def run(argv=None) -> int:
         start_step = int(state["step"])
         logger.info("resumed from %s at step %d", path, start_step)
 
-    refs = datamod.collect_images(config["data"]["sources"])
     dataset = datamod.TrainPairs(refs, config)
     sampler = datamod.StepBatchSampler(start_step, stop_step, global_batch, env.rank, env.world_size)
     loader = datamod.make_loader(dataset, sampler, int(config["data"]["workers"]), bool(config["data"]["pin_memory"]))
@@ -575,10 +575,10 @@ def _fresh_pair_factory(dataset, config: dict, micro: int, global_batch: int, de
 
 
 def main(argv=None) -> int:
-    """Command-line entry: configuration, data and LPIPS problems are one error line and exit status 2."""
+    """Command-line entry: configuration, data, weight-file and LPIPS problems are one error line and exit status 2."""
     try:
         return run(argv)
-    except (cfg.ConfigError, datamod.DataError, LPIPSUnavailable) as error:
+    except (cfg.ConfigError, datamod.DataError, LPIPSUnavailable, ResShiftError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
