@@ -229,3 +229,28 @@ def test_export_of_an_empty_run_folder_is_a_clear_error(tmp_path, capsys):
 
     assert export.main([str(tmp_path), "-o", str(tmp_path / "x.safetensors")]) == 2
     assert "no valid training checkpoint" in capsys.readouterr().err
+
+
+LATENT_OVERRIDES = [
+    "model.space=latent", "model.autoencoder.random_init=true",
+    "model.autoencoder.config={ch: 32, ch_mult: [1, 2, 4], num_res_blocks: 1, n_embed: 64}",
+    "model.unet={model_channels: 32, channel_mult: [1, 2], num_res_blocks: [1, 1], attention_resolutions: [16], "
+    "image_size: 16, lq_size: 16, swin_embed_dim: 32, num_heads: 2, window_size: 4, mlp_ratio: 2.0}",
+    "loss.lpips_weight=1.0", "loss.lpips_random_backbone=true", "data.degradation=realesrgan", "data.gt_size=64",
+    "data.pool_size=2", "data.workers=1", "data.dihedral=false", "train.precision=bf16",
+]
+
+
+def test_latent_realesrgan_recipe_with_lpips_and_pool_resumes_exactly(tmp_path):
+    """The real-world recipe's path on small networks: VQ latents, LPIPS through the decoder, the RealESRGAN
+    degradation with the pair pool (rebuilt on resume), bf16 autocast; stopped at 3 and resumed to 4 = one run."""
+    pytest.importorskip("lpips", reason="the LPIPS term needs the lpips package (pip install -e '.[train]')")
+    overrides = small_overrides(**{"train.global_batch": 2, "train.micro_batch": 1}) + LATENT_OVERRIDES
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train.run(train_args(straight, 4, *overrides)) == 0
+    assert train.run(train_args(split, 3, *overrides)) == 0
+    assert train.run(train_args(split, 4, *overrides)) == 0
+    first, second = read_metrics(straight), read_metrics(split)
+    assert [r["loss"] for r in second] == [r["loss"] for r in first]
+    assert all(r["lpips"] > 0 and r["mse"] > 0 for r in first)
+    assert_states_equal(final_state(split)["unet"], final_state(straight)["unet"])
