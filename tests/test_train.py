@@ -234,8 +234,8 @@ def test_export_of_an_empty_run_folder_is_a_clear_error(tmp_path, capsys):
 LATENT_OVERRIDES = [
     "model.space=latent", "model.autoencoder.random_init=true",
     "model.autoencoder.config={ch: 32, ch_mult: [1, 2, 4], num_res_blocks: 1, n_embed: 64}",
-    "model.unet={model_channels: 32, channel_mult: [1, 2], num_res_blocks: [1, 1], attention_resolutions: [16], "
-    "image_size: 16, lq_size: 16, swin_embed_dim: 32, num_heads: 2, window_size: 4, mlp_ratio: 2.0}",
+    ("model.unet={model_channels: 32, channel_mult: [1, 2], num_res_blocks: [1, 1], attention_resolutions: [16], "
+     "image_size: 16, lq_size: 16, swin_embed_dim: 32, num_heads: 2, window_size: 4, mlp_ratio: 2.0}"),
     "loss.lpips_weight=1.0", "loss.lpips_random_backbone=true", "data.degradation=realesrgan", "data.gt_size=64",
     "data.pool_size=2", "data.workers=1", "data.dihedral=false", "train.precision=bf16",
 ]
