@@ -22,9 +22,10 @@ ResShiftNodeError.__module__ = "ResShift"
 
 
 try:
+    import safetensors  # noqa: F401  (the core imports it only when loading; checked now so start-up names it)
+
     from .. import resshift_core as core
     from ..resshift_core import hub, images, releases
-    import safetensors  # noqa: F401  (the core imports it only when loading; checked now so start-up names it)
     MISSING_DEPENDENCY: str | None = None
 except ImportError as error:  # a missing package must not stop ComfyUI from starting
     core = hub = images = releases = None

@@ -15,12 +15,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import torch
-
-import comfy.model_management as model_management
 import comfy.model_patcher
 import comfy.utils
 import folder_paths
+import torch
+from comfy import model_management
 
 from .core_access import ResShiftNodeError, require_core
 from .core_access import images as core_images

@@ -93,67 +93,66 @@ def main(argv=None) -> int:
                                     "Comfy.Minimap.Visible": False}))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = open(base / "comfyui.log", "wb")
-    process = subprocess.Popen([options.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                "--base-directory", str(base), "--disable-auto-launch", "--disable-api-nodes",
-                                "--database-url", "sqlite:///:memory:"],
-                               cwd=options.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
-                               env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
-    try:
-        wait_ready(url, process)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=options.chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1800, "height": 1000}, device_scale_factor=1)
-            page.goto(url)
-            page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
-            page.wait_for_timeout(3000)
-            for name in TEMPLATES:
-                graph = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
-                for node in graph.values():
-                    if node["class_type"] == "LoadImage":
-                        node["inputs"]["image"] = INPUT_NAME
-                    if node["class_type"] == "SaveImage":
-                        node["inputs"]["filename_prefix"] = f"ResShift/{name}"
-                workflow = page.evaluate("""async ([graph, name, layout]) => {
-                    await window.app.loadApiJson(graph, name);
-                    for (const [id, [x, y]] of Object.entries(layout)) {
-                        const node = window.app.graph.getNodeById(+id);
-                        node.pos = [x, y];
-                        for (const widget of node.widgets ?? []) {
-                            if (widget.name === "control_after_generate") widget.value = "fixed";  // reproducible
-                        }
-                    }
-                    window.app.canvas.ds.offset = [120, 110];
-                    window.app.canvas.ds.scale = 1;
-                    window.app.graph.setDirtyCanvas(true, true);
-                    return window.app.graph.serialize();
-                }""", [graph, name, LAYOUTS[name]])
-                (options.templates / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-                if name == "upscale":
-                    page.wait_for_timeout(3000)
-                    page.screenshot(path=str(options.screenshot), clip=page.evaluate("""() => {
-                        const canvas = window.app.canvas, rect = canvas.canvas.getBoundingClientRect();
-                        let left = Infinity, top = Infinity, right = -Infinity, bottom = -Infinity;
-                        for (const node of window.app.graph._nodes) {
-                            const [x, y] = canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - 40]);
-                            const [x2, y2] = canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0],
-                                                                              node.pos[1] + node.size[1]]);
-                            left = Math.min(left, x); top = Math.min(top, y);
-                            right = Math.max(right, x2); bottom = Math.max(bottom, y2);
-                        }
-                        const margin = 24;
-                        return {x: rect.left + left - margin, y: rect.top + top - margin,
-                                width: right - left + 2 * margin, height: bottom - top + 2 * margin};
-                    }"""))
-            browser.close()
-    finally:
-        process.terminate()
+    with open(base / "comfyui.log", "wb") as log:
+        process = subprocess.Popen([options.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                    "--base-directory", str(base), "--disable-auto-launch", "--disable-api-nodes",
+                                    "--database-url", "sqlite:///:memory:"],
+                                   cwd=options.comfy_dir, stdout=log, stderr=subprocess.STDOUT,
+                                   env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
         try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-        shutil.rmtree(base, ignore_errors=True)
+            wait_ready(url, process)
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=options.chromium, args=["--no-sandbox"])
+                page = browser.new_page(viewport={"width": 1800, "height": 1000}, device_scale_factor=1)
+                page.goto(url)
+                page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=120_000)
+                page.wait_for_timeout(3000)
+                for name in TEMPLATES:
+                    graph = json.loads((API_WORKFLOWS / f"{name}.json").read_text())
+                    for node in graph.values():
+                        if node["class_type"] == "LoadImage":
+                            node["inputs"]["image"] = INPUT_NAME
+                        if node["class_type"] == "SaveImage":
+                            node["inputs"]["filename_prefix"] = f"ResShift/{name}"
+                    workflow = page.evaluate("""async ([graph, name, layout]) => {
+                        await window.app.loadApiJson(graph, name);
+                        for (const [id, [x, y]] of Object.entries(layout)) {
+                            const node = window.app.graph.getNodeById(+id);
+                            node.pos = [x, y];
+                            for (const widget of node.widgets ?? []) {
+                                if (widget.name === "control_after_generate") widget.value = "fixed";  // reproducible
+                            }
+                        }
+                        window.app.canvas.ds.offset = [120, 110];
+                        window.app.canvas.ds.scale = 1;
+                        window.app.graph.setDirtyCanvas(true, true);
+                        return window.app.graph.serialize();
+                    }""", [graph, name, LAYOUTS[name]])
+                    (options.templates / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+                    if name == "upscale":
+                        page.wait_for_timeout(3000)
+                        page.screenshot(path=str(options.screenshot), clip=page.evaluate("""() => {
+                            const canvas = window.app.canvas, rect = canvas.canvas.getBoundingClientRect();
+                            let left = Infinity, top = Infinity, right = -Infinity, bottom = -Infinity;
+                            for (const node of window.app.graph._nodes) {
+                                const [x, y] = canvas.ds.convertOffsetToCanvas([node.pos[0], node.pos[1] - 40]);
+                                const [x2, y2] = canvas.ds.convertOffsetToCanvas([node.pos[0] + node.size[0],
+                                                                                  node.pos[1] + node.size[1]]);
+                                left = Math.min(left, x); top = Math.min(top, y);
+                                right = Math.max(right, x2); bottom = Math.max(bottom, y2);
+                            }
+                            const margin = 24;
+                            return {x: rect.left + left - margin, y: rect.top + top - margin,
+                                    width: right - left + 2 * margin, height: bottom - top + 2 * margin};
+                        }"""))
+                browser.close()
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            shutil.rmtree(base, ignore_errors=True)
     print(f"wrote {options.screenshot} and {len(TEMPLATES)} templates in {options.templates}")
     return 0
 

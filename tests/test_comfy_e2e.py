@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from tiny_weights import AUTOENCODER, SR_RELEASE, UNET
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +130,7 @@ def test_pack_runs_in_a_real_comfyui(comfyui, tmp_path):
         command += ["--workflow", str(workflow)]
     for node_id in NODE_IDS:
         command += ["--expect-node", node_id]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=3000)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=3000, check=False)
     print(finished.stdout[-6000:])
     report = json.loads(report_path.read_text())
     failed = [check for check in report["checks"] if not check["ok"]]

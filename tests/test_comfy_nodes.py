@@ -15,12 +15,17 @@ import sys
 import uuid
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-
-from tiny_weights import (AUTOENCODER, INPAINT_AUTOENCODER, INPAINT_RELEASE, INPAINT_UNET, SR_RELEASE, UNET,
-                          hostile_pickle)
+from tiny_weights import (
+    AUTOENCODER,
+    INPAINT_AUTOENCODER,
+    INPAINT_RELEASE,
+    INPAINT_UNET,
+    SR_RELEASE,
+    UNET,
+    hostile_pickle,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
