@@ -538,3 +538,21 @@ def test_on_cuda_the_networks_run_where_comfyui_loads_them_in_its_dtype(stubs, v
     assert next(pipeline.patchers[0].model.parameters()).dtype == torch.float16
     assert out_image.device.type == "cpu" and out_image.shape == batch_run["out_image"].shape
     assert (out_image - batch_run["out_image"]).abs().mean() < 0.02  # float16 on CUDA vs float32 on the CPU
+
+
+def test_out_of_memory_inside_the_node_retries_with_smaller_tiles_and_the_same_noise(stubs, v3_pack, sr_pipeline,
+                                                                                      batch_run, monkeypatch):
+    unet = sr_pipeline.patchers[0].model
+    original_forward, failures = unet.forward, []
+
+    def forward_failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original_forward(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", forward_failing_once)
+    out_image, _ = run_v3(v3_pack["ResShiftPipelineUpscale"], pipeline=sr_pipeline, image=batch_run["image"],
+                          seed=3, tile_size=0, tile_overlap=-1)
+    assert failures == [1]
+    torch.testing.assert_close(out_image, batch_run["out_image"])
