@@ -498,10 +498,18 @@ def test_requirements_name_what_the_nodes_import_without_pinning_torch_or_numpy(
 
 
 def test_pyproject_has_the_comfy_registry_table():
-    import tomllib
-
-    comfy_table = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["comfy"]
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11: the table is simple enough to read line by line
+        tomllib = None
+    text = (REPO / "pyproject.toml").read_text()
+    if tomllib is not None:
+        comfy_table = tomllib.loads(text)["tool"]["comfy"]
+    else:
+        section = text.split("[tool.comfy]", 1)[1].split("\n[", 1)[0]
+        comfy_table = dict(line.split(" = ", 1) for line in section.strip().splitlines() if " = " in line)
     assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy_table)
+    assert (REPO / comfy_table["Icon"].strip('"')).is_file()
 
 
 def test_template_workflows_match_their_api_copies():
