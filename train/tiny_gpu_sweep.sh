@@ -5,10 +5,14 @@
 # quick way to check its quality (results.json per model under $RUNS, a summary table on stdout).
 #
 #   bash train/tiny_gpu_sweep.sh [RUNS_DIR]          # from the repository root, with the project's Python
+# A dry run elsewhere: DEVICE=cpu EXTRA="--max-steps 2" EVAL_ARGS="--images my.png --seeds 1" bash ...
 set -u
 cd "$(dirname "$0")/.."
 RUNS=${1:-/tmp/tiny_sweep}
 PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+EXTRA=${EXTRA:-}
+EVAL_ARGS=${EVAL_ARGS:-}
 RECIPE=train/configs/tiny_cpu.yaml
 mkdir -p "$RUNS"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -17,12 +21,13 @@ per=$(( cores / 4 > 0 ? cores / 4 : 1 ))
 index=0
 train_variant() {
     local name=$1; shift
-    local first=$(( index * per )) last=$(( index * per + per - 1 ))
+    local first=$(( (index * per) % cores )); local last=$(( first + per - 1 ))
     index=$(( index + 1 ))
-    (taskset -c "$first-$last" "$PY" train/train.py --config "$RECIPE" --run-dir "$RUNS/$name" --device cuda \
-        --resume none --no-progress "$@" > "$RUNS/$name.log" 2>&1 \
+    # shellcheck disable=SC2086
+    (taskset -c "$first-$last" "$PY" train/train.py --config "$RECIPE" --run-dir "$RUNS/$name" --device "$DEVICE" \
+        --resume none --no-progress $EXTRA "$@" > "$RUNS/$name.log" 2>&1 \
      && "$PY" train/export.py "$RUNS/$name" -o "$RUNS/$name.safetensors" >> "$RUNS/$name.log" 2>&1 \
-     && "$PY" train/evaluate.py "$RUNS/$name.safetensors" --device cuda --out "$RUNS/$name.eval" \
+     && "$PY" train/evaluate.py "$RUNS/$name.safetensors" --device "$DEVICE" --out "$RUNS/$name.eval" $EVAL_ARGS \
         > "$RUNS/$name.eval.txt" 2>&1) &
 }
 start=$(date +%s)
