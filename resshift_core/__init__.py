@@ -48,6 +48,7 @@ from .releases import (
     WEIGHTS_LICENSE,
     Release,
     get_release,
+    official_file,
 )
 from .runtime import tune_cpu_allocator
 from .sampler import NoiseSource, StepProgress
@@ -64,6 +65,6 @@ __all__ = [
     "Schedule", "ScheduleParams", "StepProgress", "TileSettings", "UNetConfig", "UnknownCheckpointError",
     "UnknownScheduleError", "UnsafeCheckpointError", "VQAutoencoder", "VQConfig", "Vocabulary",
     "WrongModelKindError", "encode_image", "fetch_release_files", "get_release", "identify_checkpoint",
-    "load_model", "missing_files_error", "random_seed", "read_image", "save_autoencoder", "save_unet", "tune_cpu_allocator", "upscale_alpha",
+    "load_model", "missing_files_error", "official_file", "random_seed", "read_image", "save_autoencoder", "save_unet", "tune_cpu_allocator", "upscale_alpha",
     "write_image",
 ]

@@ -191,10 +191,21 @@ def _decode_pillow(image) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(samples[..., :3]), alpha, False, False, icc)
 
 
-def upscale_alpha(alpha: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Plain bicubic resize of an alpha channel (float32 in [0, 1]) to (height, width)."""
+def upscale_alpha(alpha, width: int, height: int):
+    """Plain bicubic resize of alpha (float in [0, 1]) to (height, width), clamped: the project's one alpha rule.
+
+    Args:
+        alpha: (H, W) numpy array, or a torch tensor (H, W) or (B, H, W) (ComfyUI's MASK); the result has the same
+            type (a tensor on the input's device).
+    """
     from PIL import Image
 
+    if not isinstance(alpha, np.ndarray):  # a torch tensor, one plane at a time through the same rule
+        import torch
+
+        planes = alpha.reshape(-1, *alpha.shape[-2:]).detach().float().cpu().numpy()
+        resized = np.stack([upscale_alpha(plane, width, height) for plane in planes])
+        return torch.from_numpy(resized).reshape(*alpha.shape[:-2], height, width).to(alpha.device)
     resized = Image.fromarray(alpha.astype(np.float32)).resize((width, height), Image.Resampling.BICUBIC)
     return np.clip(np.asarray(resized), 0.0, 1.0)
 

@@ -7,12 +7,16 @@ from a cache as a spike of their transient peak, so a tiled run of many tiles is
 
 Which peak is reported depends on who allocates:
 
-* CUDA and the CPU with :func:`resshift_core.tune_cpu_allocator` (freed blocks stay in the heap and are reused):
-  the peak of live tensor bytes;
+* CUDA: the peak of live tensor bytes;
+* the CPU with :func:`resshift_core.tune_cpu_allocator` (freed blocks stay in the process): the peak of live tensor
+  bytes;
 * the CPU with glibc's default allocator: blocks below its mmap threshold (which adapts up to 32 MiB once large
   blocks have been freed) are served from the heap, whose resident size only grows during a run, while larger blocks
   are mapped and unmapped one by one. The peak resident size is then the heap's high-water mark plus the large blocks
   live at the time, which is what is reported.
+
+Each gets an allowance for what no traced op allocates (convolution workspaces and scratch buffers, allocator
+slack), calibrated against measured peaks (see the constants below and ``peak_of``).
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit glibc
-# Fixed costs of a run that the meta trace cannot see: kernel workspaces, the allocator's rounding and arenas.
-_CPU_OVERHEAD_BYTES = 64 * 1024 * 1024
-# What a CUDA run allocates beyond the traced tensors (cuDNN convolution workspaces, attention kernels' scratch) grows
-# with the largest convolution input of the run. Calibrated on an H200 (torch 2.11, cuDNN 9, fp16, realsr-v3 one-step
-# runs, measured with max_memory_allocated): 2x that input brings 64 px untiled, 256 px untiled and tiled and 1024 px
-# tiled to 1.14, 1.01, 1.22 and 0.85 of the measured peaks.
-_CUDA_CONV_WORKSPACE_FACTOR = 2
+# What a run allocates beyond the tensors the trace sees (cuDNN's convolution workspaces on CUDA; oneDNN's scratch
+# buffers and weight reorders, thread arenas and allocator slack on the CPU) grows with the largest convolution input
+# of the run. Calibrated on realsr-v3 one-step runs (64-256 px untiled, 128-1024 px tiled) against the measured peak
+# (CUDA: max_memory_allocated on an H200, fp16; CPU: resident-set growth, fp32, 2 cores):
+_CUDA_CONV_FACTOR = 3.0            # peak + 3x: 0.92-1.07 of the measured peaks
+_CPU_CONV_FACTOR = 1.5             # glibc's default allocator: heap model + 1.5x + 100 MiB: 0.86-1.21
+_TUNED_CPU_CONV_FACTOR = 2.7       # tune_cpu_allocator() (nothing given back): peak + 2.7x + 100 MiB: 0.82-1.17
+_CPU_FIXED_BYTES = 100 * 2 ** 20
 _CONVOLUTIONS = {torch.ops.aten.convolution.default, torch.ops.aten.conv2d.default}
 
 
@@ -52,6 +57,7 @@ class TensorMemoryTracker(TorchDispatchMode):
         self.live = self.peak = 0
         self.small_live = self.small_high_water = self.large_live = self.heap_peak = 0
         self.largest_conv_input = 0
+        self.paused = False  # while a network call is traced on its own (its tensors are counted by that trace)
         self._finalizers: dict[int, weakref.finalize] = {}
 
     def _note_peaks(self, extra_live: int = 0, extra_heap: int = 0) -> None:
@@ -86,6 +92,8 @@ class TensorMemoryTracker(TorchDispatchMode):
         self.largest_conv_input = max(self.largest_conv_input, transient.largest_conv_input)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.paused:
+            return func(*args, **(kwargs or {}))
         if func in _CONVOLUTIONS and isinstance(args[0], torch.Tensor):
             self.largest_conv_input = max(self.largest_conv_input, args[0].numel() * args[0].element_size())
         out = func(*args, **(kwargs or {}))
@@ -120,10 +128,14 @@ class MemoryProbe:
         trace = self.cache.get(key)
         if trace is None:
             inner = TensorMemoryTracker(self.tracker.mmap_threshold)
-            with inner:
-                output = function(*inputs)
-                shape, dtype = tuple(output.shape), output.dtype
-                del output
+            self.tracker.paused = True  # the call's own tensors are the inner trace's; the outer one gets a spike
+            try:
+                with inner:
+                    output = function(*inputs)
+                    shape, dtype = tuple(output.shape), output.dtype
+                    del output
+            finally:
+                self.tracker.paused = False
             trace = NetworkTrace(inner.peak, inner.heap_peak, shape, dtype, inner.largest_conv_input)
             self.cache[key] = trace
         self.tracker.spike(trace)
@@ -148,15 +160,17 @@ def weight_bytes(network: nn.Module, dtype: torch.dtype | str | None = None) -> 
 
 
 def peak_of(tracker: TensorMemoryTracker, device: torch.device) -> int:
-    """The peak that matters on ``device`` (see the module docstring), with what the trace cannot see: on CUDA
-    cuDNN's convolution workspaces, on the CPU a fixed allowance for kernel buffers and allocator arenas."""
+    """The peak that matters on ``device`` (see the module docstring), with what the trace cannot see."""
     from .runtime import cpu_allocator_tuned
 
+    conv = tracker.largest_conv_input
     if device.type == "cuda":
-        return tracker.peak + _CUDA_CONV_WORKSPACE_FACTOR * tracker.largest_conv_input
-    if device.type == "cpu" and not cpu_allocator_tuned():
-        return tracker.heap_peak + _CPU_OVERHEAD_BYTES
-    return tracker.peak + _CPU_OVERHEAD_BYTES
+        return int(tracker.peak + _CUDA_CONV_FACTOR * conv)
+    if device.type == "cpu" and cpu_allocator_tuned():
+        return int(tracker.peak + _TUNED_CPU_CONV_FACTOR * conv + _CPU_FIXED_BYTES)
+    if device.type == "cpu":
+        return int(tracker.heap_peak + _CPU_CONV_FACTOR * conv + _CPU_FIXED_BYTES)
+    return tracker.peak
 
 
 def available_memory(device: torch.device) -> int | None:

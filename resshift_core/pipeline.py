@@ -137,10 +137,11 @@ class ResShiftLatent:
 class _Progress:
     """Counts the network calls of a run (monotone ``done`` of ``total``) and hands them to the callback."""
 
-    def __init__(self, callback: ProgressCallback | None, total: int, to_rgb, patch: int = 1, patches: int = 1):
+    def __init__(self, callback: ProgressCallback | None, total: int, to_rgb, patch: int = 1, patches: int = 1,
+                 start: int = 0):
         self.callback = callback
-        self.done = 0
-        self.total = total
+        self.done = start  # a retry after out-of-memory goes on from where the failed attempt stopped
+        self.total = start + total
         self.to_rgb = to_rgb
         self.patch, self.patches = patch, patches
         self.step_end_units = 1  # units the end of the current denoising step reports (tiles not yet reported)
@@ -709,42 +710,93 @@ class ResShiftPipeline:
             return NoiseSource(generator)
         return NoiseSource.from_seed(seed)
 
+    def _retrying(self, tiles: TileSettings, callback: ProgressCallback | None, attempt):
+        """``attempt(tiles, start)`` again with smaller tiles after a device out-of-memory error, until the tiles
+        cannot shrink; ``start`` is the progress count reached so far, so that a host's bar never moves back.
+        Each attempt makes its own noise source, so a retry gives the same image."""
+        reached = [0]
+
+        def progress(total: int, **options) -> _Progress | None:
+            if callback is None:
+                return None
+            counter = _Progress(callback, total, self.latent_to_rgb, start=reached[0], **options)
+            counters.append(counter)
+            return counter
+
+        while True:
+            counters: list[_Progress] = []
+            try:
+                return attempt(tiles, progress)
+            except (RuntimeError, MemoryError) as error:
+                smaller = tiles.halved(self.unet.config.latent_multiple) if _is_out_of_memory(error) else None
+                if smaller is None:
+                    raise
+                logger.warning("out of memory with %s; retrying with %s", tiles, smaller)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                reached[0] = max([reached[0]] + [counter.done for counter in counters])
+                tiles = smaller
+
     @torch.inference_mode()
     def encode_lr(self, images, *, mask=None, tiling: str | None = None, tile_size: int | None = None,
                   tile_overlap: int | None = None, vae_tile_size: int | None = None,
                   tile_batch_size: int | None = None, one_step: bool | None = None,
                   callback: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> ResShiftLatent:
         """First stage: LR images (as :meth:`upscale` takes them) -> a :class:`ResShiftLatent` holding y, the
-        padded LR condition and the run's plan (tiles chosen here apply to the later stages too)."""
+        padded LR condition and the run's plan (tiles chosen here apply to the later stages too). Out of memory,
+        it retries with smaller tiles."""
         batch = as_image_batch(images).to(self.device)
         mask_m11 = self._prepare_mask(mask, batch)
-        tiles = self.tile_settings(tiling, tile_size, tile_overlap, vae_tile_size, tile_batch_size)
-        plan = self.plan(batch.shape[-2], batch.shape[-1], batch=batch.shape[0], tiles=tiles, one_step=one_step)
-        progress = _Progress(callback, plan.encode_calls, self.latent_to_rgb) if callback is not None else None
-        return self._encode_stage(batch * 2.0 - 1.0, mask_m11, batch, plan, progress, cancel)
+        height, width = batch.shape[-2:]
+
+        def attempt(tiles: TileSettings, progress) -> ResShiftLatent:
+            plan = self.plan(height, width, batch=batch.shape[0], tiles=tiles, one_step=one_step)
+            return self._encode_stage(batch * 2.0 - 1.0, mask_m11, batch, plan, progress(plan.encode_calls), cancel)
+
+        return self._retrying(self.tile_settings(tiling, tile_size, tile_overlap, vae_tile_size, tile_batch_size),
+                              callback, attempt)
+
+    def _replanned(self, latent: ResShiftLatent, tiles: TileSettings) -> ResShiftLatent:
+        """The same batch with the plan of other tiles (after an out-of-memory error in a later stage)."""
+        if tiles == latent.plan.tiles:
+            return latent
+        plan = self.plan(latent.height, latent.width, batch=latent.latent.shape[0], tiles=tiles,
+                         one_step=latent.plan.one_step)
+        return replace(latent, plan=plan)
 
     @torch.inference_mode()
     def sample_latent(self, latent: ResShiftLatent, *, seed: int | None = None,
                       generator: torch.Generator | None = None, noise: Sequence[torch.Tensor] | None = None,
                       callback: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> ResShiftLatent:
-        """Second stage: run the chain on an encoded batch; returns it with the sampled latent."""
+        """Second stage: run the chain on an encoded batch; returns it with the sampled latent. Out of memory, it
+        retries with smaller tiles and the same noise."""
         if latent.sampled:
             raise InvalidArgumentError("latent", "an already sampled latent", "the output of encode_lr")
         latent = latent.to(self.device)
-        source = self._noise_source(seed if seed is not None or generator is not None or noise is not None else
-                                    random_seed(), generator, noise,
-                                    generator.get_state() if generator is not None else None)
-        progress = _Progress(callback, latent.plan.unet_calls, self.latent_to_rgb) if callback is not None else None
-        return self._sample_stage(latent, source, progress, cancel)
+        if seed is None and generator is None and noise is None:
+            seed = random_seed()
+        self.last_seed = seed
+        state = generator.get_state() if generator is not None else None
+
+        def attempt(tiles: TileSettings, progress) -> ResShiftLatent:
+            planned = self._replanned(latent, tiles)
+            return self._sample_stage(planned, self._noise_source(seed, generator, noise, state),
+                                      progress(planned.plan.unet_calls), cancel)
+
+        return self._retrying(latent.plan.tiles, callback, attempt)
 
     @torch.inference_mode()
     def decode_latent(self, latent: ResShiftLatent, *, mask_back: bool = True,
                       callback: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> torch.Tensor:
-        """Last stage: a sampled (or, for a look at y, an encoded) latent -> (B, 3, sH, sW) float32 in [0, 1]."""
+        """Last stage: a sampled (or, for a look at y, an encoded) latent -> (B, 3, sH, sW) float32 in [0, 1]. Out of
+        memory, it retries with smaller autoencoder tiles."""
         latent = latent.to(self.device)
-        progress = _Progress(callback, latent.plan.decode_calls, self.latent_to_rgb) if callback is not None \
-            else None
-        return self._decode_stage(latent, progress, cancel, mask_back=mask_back)
+
+        def attempt(tiles: TileSettings, progress) -> torch.Tensor:
+            planned = self._replanned(latent, tiles)
+            return self._decode_stage(planned, progress(planned.plan.decode_calls), cancel, mask_back=mask_back)
+
+        return self._retrying(latent.plan.tiles, callback, attempt)
 
     @torch.inference_mode()
     def upscale(self, images, *, mask=None, seed: int | None = None, generator: torch.Generator | None = None,
@@ -799,26 +851,17 @@ class ResShiftPipeline:
         self.last_seed = seed
         generator_state = generator.get_state() if generator is not None else None
         lr_m11 = batch * 2.0 - 1.0
-        while True:
+
+        def attempt(tiles: TileSettings, progress) -> tuple[torch.Tensor, RunPlan]:
             source = self._noise_source(seed, generator, noise, generator_state)
-            try:
-                if chop_size is not None and (height > chop_size or width > chop_size):
-                    stride = chop_stride or chop_size - chop_size // 8
-                    sr_m11, plan = self._chopped(lr_m11, mask_m11, source, chop_size, stride, callback, cancel,
-                                                 one_step)
-                else:
-                    plan = self.plan(height, width, batch=batch.shape[0], tiles=tiles, one_step=one_step)
-                    progress = _Progress(callback, plan.network_calls, self.latent_to_rgb) if callback else None
-                    sr_m11 = self._run_padded(lr_m11, mask_m11, plan, source, progress, cancel, trace)
-                break
-            except (RuntimeError, MemoryError) as error:
-                smaller = tiles.halved(self.unet.config.latent_multiple) if _is_out_of_memory(error) else None
-                if smaller is None:
-                    raise
-                logger.warning("out of memory with %s; retrying with %s", tiles, smaller)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                tiles = smaller
+            if chop_size is not None and (height > chop_size or width > chop_size):
+                stride = chop_stride or chop_size - chop_size // 8
+                return self._chopped(lr_m11, mask_m11, source, chop_size, stride, progress, cancel, one_step)
+            plan = self.plan(height, width, batch=batch.shape[0], tiles=tiles, one_step=one_step)
+            return self._run_padded(lr_m11, mask_m11, plan, source, progress(plan.network_calls), cancel,
+                                    trace), plan
+
+        sr_m11, plan = self._retrying(tiles, callback, attempt)
         padded_mask = None if mask_m11 is None else pad_bottom_right(mask_m11, self.padding_multiple)
         result = self._finish(sr_m11, padded_mask, batch, plan, mask_back, trace)
         self.last_plan = plan
@@ -848,7 +891,7 @@ class ResShiftPipeline:
         return mask * 2.0 - 1.0
 
     def _chopped(self, lr_m11: torch.Tensor, mask_m11: torch.Tensor | None, source: NoiseSource, chop_size: int,
-                 stride: int, callback: ProgressCallback | None, cancel: CancelCheck | None,
+                 stride: int, progress_for, cancel: CancelCheck | None,
                  one_step: bool | None) -> tuple[torch.Tensor, RunPlan]:
         """Official patch-wise processing: independent untiled runs on overlapping patches, uniform averaging."""
         batch, _, height, width = lr_m11.shape
@@ -858,8 +901,7 @@ class ResShiftPipeline:
         off = TileSettings(mode="off")
         patch_plan = self.plan(min(height, chop_size), min(width, chop_size), batch=batch, tiles=off,
                                one_step=one_step)
-        progress = _Progress(callback, patch_plan.network_calls * len(starts), self.latent_to_rgb,
-                             patches=len(starts)) if callback else None
+        progress = progress_for(patch_plan.network_calls * len(starts), patches=len(starts))
         for number, (row, col) in enumerate(starts):
             patch = lr_m11[:, :, row:row + chop_size, col:col + chop_size]
             mask_patch = None if mask_m11 is None else mask_m11[:, :, row:row + chop_size, col:col + chop_size]

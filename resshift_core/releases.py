@@ -147,6 +147,16 @@ def release_for_file_name(file_name: str) -> Release | None:
     return None
 
 
+def official_file(file_name: str) -> Release | AutoencoderRelease | None:
+    """The release or autoencoder whose official file is exactly ``file_name`` (a base name, as a host's model menu
+    lists it), or None: what can be downloaded for that name."""
+    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    for item in list(RELEASES.values()) + list(AUTOENCODERS.values()):
+        if item.file_name == base:
+            return item
+    return None
+
+
 def autoencoder_for_file_name(file_name: str) -> AutoencoderRelease | None:
     base = file_name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
     for autoencoder in AUTOENCODERS.values():

@@ -63,6 +63,13 @@ class StepProgress:
             return None
         return self.to_rgb(self.x0_pred)
 
+    def preview_pil(self, index: int = 0):
+        """The preview of image ``index`` of the batch as an 8-bit RGB PIL image, or None outside "denoise"."""
+        from .images import tensor_to_pil
+
+        picture = self.preview()
+        return None if picture is None else tensor_to_pil(picture[index:index + 1])[0]
+
 
 ProgressCallback = Callable[[StepProgress], None]
 CancelCheck = Callable[[], bool]

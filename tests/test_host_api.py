@@ -243,3 +243,26 @@ def test_a_drawn_seed_is_reported_for_infotexts(pipe):
     drawn = pipe.last_seed
     assert isinstance(drawn, int) and 0 <= drawn < 2 ** 31
     assert torch.equal(pipe.upscale(image, seed=drawn), first)  # the reported seed reproduces the image
+
+
+def test_out_of_memory_retries_keep_progress_monotone_and_cover_the_split_stages(unet, vae, monkeypatch):
+    pipe = rc.ResShiftPipeline.from_loaded(unet, vae)
+    original = type(pipe)._run_unet
+
+    def fail_on_large_tiles(self, x_in, t, lq_features):
+        if x_in.shape[-1] > 32:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return original(self, x_in, t, lq_features)
+
+    image = torch.rand(1, 3, 64, 64)
+    reference = pipe.upscale(image, seed=4, tiling="latent", tile_size=32, tile_overlap=8, vae_tile_size=32)
+    monkeypatch.setattr(type(pipe), "_run_unet", fail_on_large_tiles)
+    events = []
+    retried = pipe.upscale(image, seed=4, callback=events.append)  # untiled first: fails, then tiles of 32
+    done = [e.done for e in events]
+    assert done == sorted(done) and done[-1] == events[-1].total and pipe.last_plan.unet_tile_count > 1
+    latent = pipe.encode_lr(image)
+    stage_events = []
+    sampled = pipe.sample_latent(latent, seed=4, callback=stage_events.append)  # retried inside the stage
+    assert sampled.plan.unet_tile_count > 1 and [e.done for e in stage_events] == sorted(e.done for e in stage_events)
+    assert pipe.decode_latent(sampled).shape == retried.shape == reference.shape
