@@ -25,10 +25,10 @@ try:
     import safetensors  # noqa: F401  (the core imports it only when loading; checked now so start-up names it)
 
     from .. import resshift_core as core
-    from ..resshift_core import hub, images, releases
+    from ..resshift_core import hub
     MISSING_DEPENDENCY: str | None = None
 except ImportError as error:  # a missing package must not stop ComfyUI from starting
-    core = hub = images = releases = None
+    core = hub = None
     MISSING_DEPENDENCY = error.name or str(error)
     logger.error("[ResShift] the Python package '%s' is missing, so the ResShift nodes cannot run: install it with "
                  "`pip install -r requirements.txt` in the ResShift node folder (or from ComfyUI-Manager) and "

@@ -22,7 +22,6 @@ import torch
 from comfy import model_management
 
 from .core_access import ResShiftNodeError, require_core
-from .core_access import images as core_images
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +174,8 @@ class NodeProgress:
     def _preview(self, progress):
         if not self.previews:
             return None
-        picture = progress.preview()  # (B, 3, h, w) in [0, 1] at latent resolution, or None between steps
-        if picture is None:
-            return None
-        return ("JPEG", core_images.tensor_to_pil(picture[:1])[0], preview_size())
+        picture = progress.preview_pil()  # the first image's x0 at latent resolution, or None between steps
+        return None if picture is None else ("JPEG", picture, preview_size())
 
 
 def preview_size() -> int:

@@ -10,11 +10,9 @@ with the other ResShift pack (``ResShiftLoader``, ``ResShiftUpscale``, ``RESSHIF
 
 from __future__ import annotations
 
-import numpy as np
-import torch
 
 from . import host
-from .core_access import ResShiftNodeError, core, hub, releases, require_core
+from .core_access import ResShiftNodeError, core, hub, require_core
 from .definitions import COMBO, IMAGE, INT, MASK, InputDefinition, NodeDefinition, OutputDefinition
 
 PIPELINE = "RESSHIFT_PIPELINE"
@@ -75,23 +73,12 @@ def _tiling(tile_size: int, tile_overlap: int) -> dict:
 LOADER_INPUTS = {"unet": "unet_name", "autoencoder": "vae_name", "release": "release", "dtype": "dtype"}
 
 
-def _official_file(name: str):
-    """The release or autoencoder whose official file is called ``name`` (what the combos offer), or None."""
-    release = releases.release_for_file_name(name)
-    if release is not None and release.file_name == name:
-        return release
-    autoencoder = releases.autoencoder_for_file_name(name)
-    if autoencoder is not None and autoencoder.file_name == name:
-        return autoencoder
-    return None
-
-
 def _model_paths(*names: str) -> list[str]:
     """The files behind the combo choices: from the resshift model folders, or, for official file names not there
     yet, downloaded into models/resshift in one request (so that, offline, the core's error names every missing
     file at once)."""
     paths = {name: host.find_model_file(name) for name in names}
-    wanted = {name: _official_file(name) for name, path in paths.items() if path is None}
+    wanted = {name: require_core().official_file(name) for name, path in paths.items() if path is None}
     unknown = [name for name, item in wanted.items() if item is None]
     if unknown:
         raise ResShiftNodeError(f"{', '.join(unknown)} is not in the resshift model folders "
@@ -161,9 +148,7 @@ def _resize_mask(mask, batch: int, width: int, height: int):
     if masks.shape[0] not in (1, batch):
         raise ResShiftNodeError(f"the mask input has {masks.shape[0]} masks for {batch} images: connect one mask, "
                                 f"or one per image")
-    rc = require_core()
-    alphas = [rc.upscale_alpha(1.0 - m.float().cpu().numpy(), width, height) for m in masks]
-    resized = 1.0 - torch.from_numpy(np.stack(alphas))
+    resized = 1.0 - require_core().upscale_alpha(1.0 - masks.float(), width, height)
     return resized.expand(batch, -1, -1) if resized.shape[0] == 1 else resized
 
 
