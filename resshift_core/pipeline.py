@@ -314,7 +314,8 @@ class ResShiftPipeline:
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         for network in self.networks:  # the format applies to 4-D weights; a conv follows its weight
             network.to(self.device, self.dtype, memory_format=memory_format)
-        self._plan_cache.clear()
+        self._plan_cache.clear()  # plans and traced calls depend on the device, dtype and memory format
+        self._probe_cache.clear()
         return self
 
     def compile(self, **options) -> ResShiftPipeline:
