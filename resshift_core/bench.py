@@ -42,6 +42,7 @@ no suffix: untiled.
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import math
@@ -49,6 +50,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -720,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     dtypes = [d.strip().lower() for d in options.dtype.split(",") if d.strip()]
     dtypes = sorted(dict.fromkeys(dtypes), key=lambda d: parse_dtype(d) != torch.float32)  # fp32 first
     device = torch.device(options.device)
-    work = Path(tempfile.mkdtemp(prefix="resshift_bench_"))
+    work = Path(tempfile.mkdtemp(prefix="resshift_bench_"))  # case results, outputs, random weights: removed at exit
+    atexit.register(shutil.rmtree, work, True)
 
     # Weights: random (saved with the project's functions, loaded by each case like a user file) or given files.
     releases = sorted({case.release for case in cases})
