@@ -151,6 +151,29 @@ def test_two_processes_with_torchrun_match_one_process(tmp_path):
         torch.testing.assert_close(outputs[1], outputs[0], atol=2e-4, rtol=1e-4, msg=part)
 
 
+def test_a_fresh_unet_starts_with_zeroed_residual_branches_like_the_official_class():
+    """The official UNetModelSwin wraps the last convolution of every ResBlock in zero_module, so each block starts as
+    its skip connection; a fresh network here must start the same way (with PyTorch's default initialisation there
+    the tiny recipe learnt measurably slower), while ``model.init`` weights are loaded as they are."""
+    from resshift_core.nets.unet import ResBlock
+
+    config = cfg.load_config(TINY_RECIPE, [])
+    model = train.build_unet(config)
+    blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
+    assert len(blocks) == 11
+    for block in blocks:
+        last = block.out_layers[-1]
+        assert torch.count_nonzero(last.weight) == 0 and torch.count_nonzero(last.bias) == 0
+        assert torch.count_nonzero(block.in_layers[-1].weight) > 0  # only the residual branch's output is zeroed
+    block = next(b for b in blocks if isinstance(b.skip_connection, torch.nn.Identity))
+    channels = block.in_layers[0].num_channels
+    x, emb = torch.randn(2, channels, 16, 16), torch.randn(2, block.emb_layers[1].in_features)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x, emb), x, atol=0, rtol=0)
+    # the same seed gives the same network on every process
+    torch.testing.assert_close(train.build_unet(config).state_dict(), model.state_dict(), atol=0, rtol=0)
+
+
 def test_config_overrides_are_checked():
     config = cfg.load_config(TINY_RECIPE, ["optim.lr=2e-4", "data.validation.count=1"])
     assert config["optim"]["lr"] == pytest.approx(2e-4) and config["data"]["validation"]["count"] == 1
