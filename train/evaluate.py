@@ -6,7 +6,8 @@
 Each held-out photo (default: the tiny recipe's validation photos, which training never sees) is cropped to a
 multiple of the scale and downscaled with ``PIL.Image.resize(..., BICUBIC)``, the LR files are written as PNG, and
 the model up-scales them with ``python -m resshift_core upscale`` (default) with ``--one-step`` and with the full
-sampler, once per seed each (the seed draws the starting noise, which moves the one-step result too). Baselines: PIL bicubic and torch bicubic (align_corners False) up-sampling of the same LR.
+sampler, once per seed each (the seed draws the starting noise, which moves the one-step result too). Baselines: PIL
+bicubic and torch bicubic (align_corners False) up-sampling of the same LR.
 PSNR-Y / SSIM-Y ignore ``scale`` pixels at each border. Prints a table and writes ``results.json`` in ``--out``.
 """
 
