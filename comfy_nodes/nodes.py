@@ -10,7 +10,6 @@ with the other ResShift pack (``ResShiftLoader``, ``ResShiftUpscale``, ``RESSHIF
 
 from __future__ import annotations
 
-
 from . import host
 from .core_access import ResShiftNodeError, core, hub, require_core
 from .definitions import COMBO, IMAGE, INT, MASK, InputDefinition, NodeDefinition, OutputDefinition

@@ -133,9 +133,14 @@ def get_release(name: str) -> Release:
     raise ResShiftError(f"unknown release {name!r}; expected one of: {', '.join(RELEASES)}")
 
 
+def _base_name(file_name: str) -> str:
+    """The file name without its folders, whichever separator a host used."""
+    return file_name.replace("\\", "/").rsplit("/", 1)[-1]
+
+
 def release_for_file_name(file_name: str) -> Release | None:
     """The release whose official file (or cache name) this is, by base name; None if it is not one of them."""
-    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _base_name(file_name)
     aliases = {"resshift_inpaint_imagenet_s4.pth": "inpaint-imagenet",  # the name the official script saves under
                "resshift_inpaint_face_s4.pth": "inpaint-face"}
     if base in aliases:
@@ -150,7 +155,7 @@ def release_for_file_name(file_name: str) -> Release | None:
 def official_file(file_name: str) -> Release | AutoencoderRelease | None:
     """The release or autoencoder whose official file is exactly ``file_name`` (a base name, as a host's model menu
     lists it), or None: what can be downloaded for that name."""
-    base = file_name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _base_name(file_name)
     for item in list(RELEASES.values()) + list(AUTOENCODERS.values()):
         if item.file_name == base:
             return item
@@ -158,7 +163,7 @@ def official_file(file_name: str) -> Release | AutoencoderRelease | None:
 
 
 def autoencoder_for_file_name(file_name: str) -> AutoencoderRelease | None:
-    base = file_name.replace("\\", "/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+    base = _base_name(file_name).rsplit(".", 1)[0]
     for autoencoder in AUTOENCODERS.values():
         if autoencoder.file_name.rsplit(".", 1)[0] == base:
             return autoencoder
