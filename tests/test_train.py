@@ -183,6 +183,23 @@ def test_config_overrides_are_checked():
         cfg.batch_split(cfg.load_config(TINY_RECIPE, ["train.global_batch=6"]), 4)
 
 
+def test_precision_auto_follows_the_device(monkeypatch):
+    """"auto": fp16 on CUDA, bf16 on a CPU with native bf16, fp32 on other CPUs; the trainer autocasts accordingly."""
+    from resshift_core import runtime
+
+    assert runtime.autocast_precision("cuda:0") == "fp16"
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
+        assert runtime.autocast_precision("cpu") == expected
+        monkeypatch.setattr(train, "autocast_precision", runtime.autocast_precision)
+        config = cfg.load_config(TINY_RECIPE, small_overrides(**{"train.precision": "auto"}))
+        trainer = train.Trainer(config, train.Dist("cpu"))
+        assert trainer.precision == expected
+        assert trainer.autocast_dtype == (torch.bfloat16 if native else None)
+    with pytest.raises(cfg.ConfigError, match="fp16, bf16, fp32 or auto"):
+        cfg.load_config(TINY_RECIPE, ["train.precision=half"])
+
+
 def test_full_recipes_inherit_the_official_values():
     v1 = cfg.load_config(ROOT / "train/configs/realsr_v1.yaml")
     v3 = cfg.load_config(ROOT / "train/configs/realsr_v3.yaml")

@@ -55,7 +55,8 @@ DEFAULTS: dict = {
         "max_steps": 400000,
         "global_batch": 96,           # samples per optimizer step, all processes together
         "micro_batch": 12,            # samples per forward/backward; the rest is gradient accumulation
-        "precision": "fp16",          # "fp16" (autocast + GradScaler), "bf16" (autocast) or "fp32"
+        "precision": "fp16",          # "fp16" (autocast + GradScaler), "bf16" (autocast), "fp32", or "auto": fp16 on
+                                      # CUDA, bf16 on CPUs with native bf16 (AVX512-BF16 / AMX), fp32 on other CPUs
         "ema_decay": 0.999,
         "ema_warmup": False,          # decay min(ema_decay, (1 + n) / (10 + n)) at update n (short runs)
         "compile": False,             # torch.compile the UNet
@@ -73,6 +74,7 @@ DEFAULTS: dict = {
         "rescale_gt": True,           # realesrgan: crop max(min(h, w), gt_size) square and resize it to gt_size
         "flip": True,                 # random horizontal flip
         "dihedral": False,            # random flips and 90-degree rotations (bicubic recipes)
+        "channel_shuffle": False,     # random RGB permutation of each pair (bicubic kinds): every hue in training
         "smallest_side": None,        # bicubic: resize the short side to this first (albumentations SmallestMaxSize)
         "workers": 4,
         "pin_memory": True,
@@ -180,8 +182,8 @@ def validate(config: dict) -> None:
     train = config["train"]
     if config["model"]["space"] not in ("latent", "pixel"):
         raise ConfigError(f"model.space must be 'latent' or 'pixel', got {config['model']['space']!r}")
-    if train["precision"] not in ("fp16", "bf16", "fp32"):
-        raise ConfigError(f"train.precision must be fp16, bf16 or fp32, got {train['precision']!r}")
+    if train["precision"] not in ("fp16", "bf16", "fp32", "auto"):
+        raise ConfigError(f"train.precision must be fp16, bf16, fp32 or auto, got {train['precision']!r}")
     if config["optim"]["schedule"] not in ("constant", "cosine"):
         raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {config['optim']['schedule']!r}")
     if int(train["global_batch"]) < 1 or int(train["micro_batch"]) < 1:

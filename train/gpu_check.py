@@ -61,7 +61,16 @@ def measure(name: str, recipe: str, overrides: list[str], device: str, log_every
     images = sum(r["images_per_s"] for r in timed) / len(timed)
     return {"config": name, "device": device, "images_per_s": round(images, 3),
             "steps": records[-1]["step"] if records else 0, "wall_s": round(time.monotonic() - started, 1),
-            "precision": next((o.split("=")[1] for o in overrides if o.startswith("train.precision=")), "fp32")}
+            "precision": _precision(recipe, overrides, device)}
+
+
+def _precision(recipe: str, overrides: list[str], device: str) -> str:
+    """The precision a measured run used: its override, or its recipe's (with "auto" resolved as the trainer does)."""
+    from resshift_core.runtime import autocast_precision
+    from train import config as cfg
+
+    precision = cfg.load_config(ROOT / "train" / "configs" / recipe, overrides)["train"]["precision"]
+    return autocast_precision(device) if precision == "auto" else precision
 
 
 def main(argv=None) -> int:

@@ -33,6 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from resshift_core import ResShiftError, ResShiftUNet, Schedule, ScheduleParams, UNetConfig, VQAutoencoder, VQConfig
+from resshift_core.runtime import autocast_precision
 from resshift_core.sampler import NoiseSource, sample
 
 from . import checkpoint as ckpt
@@ -214,6 +215,9 @@ class Trainer:
         if config["train"]["compile"]:  # compile around DDP, so that DDP still sees every bucket
             self.network = torch.compile(self.network)
         self.precision = config["train"]["precision"]
+        if self.precision == "auto":
+            self.precision = autocast_precision(str(self.device))
+            logger.info("precision auto: %s on %s", self.precision, self.device)
         if self.precision == "fp32" and self.device.type == "cuda":  # fp32 means fp32: no TF32 matmuls or convs
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
