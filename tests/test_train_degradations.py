@@ -6,6 +6,7 @@ import io
 import math
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,6 +129,25 @@ def test_pil_bicubic_downscale_is_pils_antialiased_bicubic():
     assert np.array_equal(np.asarray(ours), np.asarray(image.resize((112, 75), Image.BICUBIC)))
     with pytest.raises(ValueError, match="multiple of the scale"):
         deg.pil_bicubic_downscale(image.crop((0, 0, 450, 300)), 4)
+
+
+def test_channel_shuffle_permutes_both_images_of_a_pair_alike():
+    """The same crop and flip as without it, with one seeded RGB order applied to HR and LR alike."""
+    from train import config as cfg
+
+    refs = datamod.collect_images([{"skimage": ["astronaut", "coffee"]}])
+    plain_config = cfg.load_config(Path(__file__).parents[1] / "train/configs/tiny_cpu.yaml",
+                                   ["data.channel_shuffle=false"])
+    plain = datamod.TrainPairs(refs, plain_config)
+    shuffled = datamod.TrainPairs(refs, cfg.apply_overrides(plain_config, ["data.channel_shuffle=true"]))
+    orders = set()
+    for index in range(12):
+        before, after = plain[index], shuffled[index]
+        order = [next(c for c in range(3) if torch.equal(after["gt"][k], before["gt"][c])) for k in range(3)]
+        assert torch.equal(after["lq"], before["lq"][order])
+        orders.add(tuple(order))
+    assert len(orders) > 2  # real permutations, not one fixed order
+    assert torch.equal(shuffled[3]["gt"], shuffled[3]["gt"])  # seeded: the same sample every time
 
 
 def realesrgan_batch(seed: int, indices):

@@ -186,6 +186,7 @@ class TrainPairs(torch.utils.data.Dataset):
         self.scale = int(config["scale"])
         self.flip = bool(data["flip"])
         self.dihedral = bool(data["dihedral"])
+        self.channel_shuffle = bool(data.get("channel_shuffle", False))
         self.rescale_gt = bool(data["rescale_gt"])
         self.smallest_side = data["smallest_side"]
         self.realesrgan = deg.RealESRGANSettings.from_dict(data.get("realesrgan") or {})
@@ -215,6 +216,16 @@ class TrainPairs(torch.utils.data.Dataset):
             self._cache[image_index] = (pil_to_float(image), pil_to_float(lr))
         return self._cache[image_index]
 
+    def _augmented(self, gt: torch.Tensor, lq: torch.Tensor, rng: np.random.Generator, index: int) -> dict:
+        """The bicubic kinds' pair after a seeded flip / rotation and, with ``channel_shuffle``, an RGB permutation
+        (the same on both: each channel is downscaled on its own, so the pair stays exact)."""
+        code = int(rng.integers(0, 8)) if self.dihedral else (int(rng.integers(0, 2)) if self.flip else 0)
+        gt, lq = dihedral(gt, code), dihedral(lq, code)
+        if self.channel_shuffle:
+            order = torch.from_numpy(rng.permutation(3))
+            gt, lq = gt[order], lq[order]
+        return {"gt": gt.contiguous(), "lq": lq.contiguous(), "index": index}
+
     def __getitem__(self, index: int) -> dict:
         rng = numpy_rng(self.seed, "sample", int(index))
         image_index = self.image_for(int(index))
@@ -226,15 +237,13 @@ class TrainPairs(torch.utils.data.Dataset):
             left = int(rng.integers(0, lr.shape[-1] - lr_size + 1))
             gt = hr[:, top * scale:(top + lr_size) * scale, left * scale:(left + lr_size) * scale]
             lq = lr[:, top:top + lr_size, left:left + lr_size]
-            code = int(rng.integers(0, 8)) if self.dihedral else (int(rng.integers(0, 2)) if self.flip else 0)
-            return {"gt": dihedral(gt, code).contiguous(), "lq": dihedral(lq, code).contiguous(), "index": index}
+            return self._augmented(gt, lq, rng, index)
 
         image = self.refs[image_index].load()
         if self.kind == "bicubic":
             gt = self._bicubic_crop(image, rng)
             lq = deg.matlab_imresize(gt, 1 / scale).clamp(0, 1).float()
-            code = int(rng.integers(0, 8)) if self.dihedral else (int(rng.integers(0, 2)) if self.flip else 0)
-            return {"gt": dihedral(gt, code).contiguous(), "lq": dihedral(lq, code).contiguous(), "index": index}
+            return self._augmented(gt, lq, rng, index)
 
         # realesrgan: flip, crop (rescaled to gt_size), kernels; the rest happens batched on the device
         gt = pil_to_float(image)
