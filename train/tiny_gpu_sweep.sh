@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The tiny recipe and three variants trained side by side on one CUDA GPU, then each evaluated on the held-out photos
 # through `python -m resshift_core upscale` (one step + three seeds): about 5 minutes on an H200 with 16 CPU cores.
-# The tiny recipe is meant for a 2-core CPU; on a GPU it is the same computation, only faster, which makes this a
-# quick way to check its quality (results.json per model under $RUNS, a summary table on stdout).
+# The tiny recipe is meant for a 2-core CPU; on a GPU it is the same recipe (its "auto" precision is fp16 there, bf16
+# or fp32 on a CPU), only faster, which makes this a quick way to check its quality (results.json per model under
+# $RUNS, a summary table on stdout).
 #
 #   bash train/tiny_gpu_sweep.sh [RUNS_DIR]          # from the repository root, with the project's Python
 # A dry run elsewhere: DEVICE=cpu EXTRA="--max-steps 2" EVAL_ARGS="--images my.png --seeds 1" bash ...
