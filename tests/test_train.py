@@ -191,7 +191,6 @@ def test_precision_auto_follows_the_device(monkeypatch):
     for native, expected in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda native=native: native)
         assert runtime.autocast_precision("cpu") == expected
-        monkeypatch.setattr(train, "autocast_precision", runtime.autocast_precision)
         config = cfg.load_config(TINY_RECIPE, small_overrides(**{"train.precision": "auto"}))
         trainer = train.Trainer(config, train.Dist("cpu"))
         assert trainer.precision == expected
