@@ -75,6 +75,22 @@ def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path):
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
 
 
+def test_a_time_limit_stops_cleanly_and_the_resumed_run_matches(tmp_path, caplog):
+    """train.max_minutes (here: already spent after the first step) stops the run with a checkpoint; --max-minutes
+    overrides it on the command line, and the resumed run follows the uninterrupted one."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    overrides = small_overrides(**{"train.max_steps": 4})
+    assert train.run(train_args(straight, 4, *overrides)) == 0
+    with caplog.at_level("INFO"):
+        assert train.run(train_args(split, 4, *overrides, "train.max_minutes=1e-9")) == 0
+    assert [s for s, _ in checkpoint.list_checkpoints(split)] == [1]
+    assert "stopped (time limit) at step 1" in caplog.text
+    assert train.run(train_args(split, 4, *overrides, "train.max_minutes=1e-9") + ["--max-minutes", "60"]) == 0
+    assert [r["loss"] for r in read_metrics(split)] == [r["loss"] for r in read_metrics(straight)]
+    assert final_state(split)["step"] == 4
+    assert_states_equal(final_state(split)["unet"], final_state(straight)["unet"])
+
+
 def test_checkpoint_keys_have_no_wrapper_prefixes(tmp_path):
     assert train.run(train_args(tmp_path, 1, *small_overrides())) == 0
     state = final_state(tmp_path)
@@ -181,6 +197,8 @@ def test_config_overrides_are_checked():
         cfg.load_config(TINY_RECIPE, ["optim.lrr=1"])
     with pytest.raises(cfg.ConfigError, match="divisible"):
         cfg.batch_split(cfg.load_config(TINY_RECIPE, ["train.global_batch=6"]), 4)
+    with pytest.raises(cfg.ConfigError, match="max_minutes must be a positive number"):
+        cfg.load_config(TINY_RECIPE, ["train.max_minutes=-5"])
 
 
 def test_precision_auto_follows_the_device(monkeypatch):

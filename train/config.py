@@ -53,6 +53,8 @@ DEFAULTS: dict = {
     },
     "train": {
         "max_steps": 400000,
+        "max_minutes": None,          # stop cleanly with a checkpoint after this many minutes of one invocation
+                                      # (--max-minutes overrides it; resume continues towards max_steps)
         "global_batch": 96,           # samples per optimizer step, all processes together
         "micro_batch": 12,            # samples per forward/backward; the rest is gradient accumulation
         "precision": "fp16",          # "fp16" (autocast + GradScaler), "bf16" (autocast), "fp32", or "auto": fp16 on
@@ -186,6 +188,10 @@ def validate(config: dict) -> None:
         raise ConfigError(f"train.precision must be fp16, bf16, fp32 or auto, got {train['precision']!r}")
     if config["optim"]["schedule"] not in ("constant", "cosine"):
         raise ConfigError(f"optim.schedule must be 'constant' or 'cosine', got {config['optim']['schedule']!r}")
+    minutes = train["max_minutes"]
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
+        raise ConfigError(f"train.max_minutes must be a positive number of minutes or null (no time limit), "
+                          f"got {train['max_minutes']!r}")
     if int(train["global_batch"]) < 1 or int(train["micro_batch"]) < 1:
         raise ConfigError("train.global_batch and train.micro_batch must be positive")
     if config["data"]["degradation"] not in ("realesrgan", "bicubic", "pil_bicubic"):

@@ -362,7 +362,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="'auto' (newest valid checkpoint of the run, if any), 'none', or a checkpoint file")
     parser.add_argument("--max-steps", type=int, help="stop at this step with a checkpoint (the LR schedule still "
                                                       "spans train.max_steps; resume to continue)")
-    parser.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes (with a checkpoint)")
+    parser.add_argument("--max-minutes", type=float, help="stop cleanly after this many minutes (with a checkpoint); "
+                                                          "default: train.max_minutes")
     parser.add_argument("--log-every", type=int, help="metrics.jsonl line every N steps (1: every step)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--no-lpips", action="store_true", help="train without the LPIPS term (loss.lpips_weight=0)")
@@ -479,6 +480,7 @@ def run(argv=None) -> int:
     log_every = max(1, int(config["train"]["log_every"]))
     save_every = int(config["train"]["save_every"])
     val_every = int(config["train"]["val_every"])
+    max_minutes = args.max_minutes if args.max_minutes is not None else config["train"]["max_minutes"]
     started = time.monotonic()
     window_start, window_steps = time.monotonic(), 0
     loss_sum = torch.zeros((), device=trainer.device)
@@ -552,7 +554,7 @@ def run(argv=None) -> int:
                 for key, value in values.items():
                     writer.add_scalar(f"val/{key}", value, step)
 
-        time_up = args.max_minutes is not None and (time.monotonic() - started) / 60 >= args.max_minutes
+        time_up = max_minutes is not None and (time.monotonic() - started) / 60 >= float(max_minutes)
         time_up = env.any(time_up)
         if (save_every and step % save_every == 0) or step == stop_step or time_up:
             if env.main:
