@@ -191,7 +191,7 @@ def validate(config: dict) -> None:
     minutes = train["max_minutes"]
     if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or minutes <= 0):
         raise ConfigError(f"train.max_minutes must be a positive number of minutes or null (no time limit), "
-                          f"got {train['max_minutes']!r}")
+                          f"got {minutes!r}")
     if int(train["global_batch"]) < 1 or int(train["micro_batch"]) < 1:
         raise ConfigError("train.global_batch and train.micro_batch must be positive")
     if config["data"]["degradation"] not in ("realesrgan", "bicubic", "pil_bicubic"):
