@@ -204,15 +204,19 @@ def _indices(tensors: Mapping, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for key in tensors if (m := regex.match(key))})
 
 
-def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int | None = None) -> UNetConfig:
+def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int | None = None,
+                      space_to_depth: int = 1) -> UNetConfig:
     """UNet hyper-parameters from tensor shapes (channels, levels, heads, windows, LR path, mask input).
 
     The construction size ``image_size`` is read from the stored shift masks; without them it falls back to
     ``image_size_hint`` or to the size at which the deepest level is exactly one window (the released layout).
+    ``space_to_depth`` cannot be told from shapes (a 48-channel output may be 3 channels unshuffled by 4): files from
+    our trainer record it in their metadata, released files have none (1).
     """
+    cells = space_to_depth ** 2
     model_channels = tensors["time_embed.0.weight"].shape[1]
-    out_channels = tensors["out.2.weight"].shape[0]
-    first_in = tensors["input_blocks.0.0.weight"].shape[1]
+    out_channels = tensors["out.2.weight"].shape[0] // cells
+    first_in = tensors["input_blocks.0.0.weight"].shape[1] // cells
     extractor_convs = _indices(tensors, r"feature_extractor\.(\d+)\.weight$")
     stages = len(extractor_convs)
     if stages:
@@ -277,10 +281,12 @@ def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int 
                 image_size = 2 ** level * window
                 break
     if image_size is None:
-        image_size = image_size_hint or window_size * 2 ** (num_levels - 1)
+        image_size = image_size_hint // space_to_depth if image_size_hint else window_size * 2 ** (num_levels - 1)
         if image_size_hint is None:
             logger.info("no shift masks in the UNet file; assuming construction size %d (released layout)", image_size)
+    # Sizes so far are on the network's (space-to-depth) grid; image_size is the input's.
     attention_resolutions = tuple(image_size // 2 ** level for level in range(num_levels) if swin_levels[level])
+    image_size *= space_to_depth
     emb_out = tensors["input_blocks.1.0.emb_layers.1.weight"].shape[0]
     res_out = tensors["input_blocks.1.0.out_layers.3.weight"].shape[0]
     return UNetConfig(
@@ -289,7 +295,7 @@ def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int 
         attention_resolutions=attention_resolutions, image_size=image_size, lq_size=image_size * 2 ** stages,
         cond_mask=cond_mask, swin_depth=depth, swin_embed_dim=embed_dim, num_heads=num_heads,
         window_size=window_size, mlp_ratio=mlp_ratio, patch_norm=patch_norm,
-        use_scale_shift_norm=emb_out == 2 * res_out)
+        use_scale_shift_norm=emb_out == 2 * res_out, space_to_depth=space_to_depth)
 
 
 def infer_vq_config(tensors: Mapping[str, torch.Tensor]) -> VQConfig:
@@ -404,14 +410,15 @@ class CheckpointIdentity:
 def _infer_config(raw: RawCheckpoint, kind: str) -> UNetConfig | VQConfig:
     try:
         if kind == UNET_KIND:
-            meta_config = _metadata_json(raw.metadata, "unet_config")
-            return infer_unet_config(raw.tensors, image_size_hint=meta_config.get("image_size") if meta_config
-                                     else None)
+            meta_config = _metadata_json(raw.metadata, "unet_config") or {}
+            return infer_unet_config(raw.tensors, image_size_hint=meta_config.get("image_size"),
+                                     space_to_depth=int(meta_config.get("space_to_depth", 1)))
         return infer_vq_config(raw.tensors)
-    except (KeyError, IndexError, TypeError, ZeroDivisionError) as error:
+    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as error:
         what = "UNet" if kind == UNET_KIND else "autoencoder"
+        problem = f"missing {error}" if isinstance(error, KeyError) else str(error)
         raise UnknownCheckpointError(f"{_describe(raw.path) if raw.path else 'this state dict'} has {what} keys but "
-                                     f"an unexpected layout (missing {error}); it is not a ResShift {what} this "
+                                     f"an unexpected layout ({problem}); it is not a ResShift {what} this "
                                      f"project knows") from error
 
 

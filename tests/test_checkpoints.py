@@ -190,3 +190,39 @@ def test_released_architectures_round_trip_through_shape_inference():
     state = ResShiftUNet(reduced).state_dict()
     state = {k: v for k, v in state.items() if not k.endswith("attn_mask")}  # size read from shrunken windows
     assert infer_unet_config(state, image_size_hint=8) == reduced
+
+
+def test_a_space_to_depth_unet_round_trips_through_its_file(tmp_path):
+    """space_to_depth cannot be read from shapes; our files carry it in their metadata, and sizes stay the input's."""
+    from resshift_core.checkpoints import identify_checkpoint, infer_unet_config, save_unet
+
+    config = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_resolutions=(16,),
+                        image_size=64, lq_size=64, swin_embed_dim=32, num_heads=2, window_size=8, mlp_ratio=2.0,
+                        space_to_depth=4)
+    assert config.grid_size == 16 and config.latent_multiple == 4 * 16
+    model = ResShiftUNet(config)
+    assert model.out[2].weight.shape[0] == 3 * 16 and model.input_blocks[0][0].weight.shape[1] == 6 * 16
+    path = save_unet(model, tmp_path / "s2d.safetensors", latent_space=False, scale=4)
+    assert identify_checkpoint(path).config == config
+    state = model.state_dict()
+    assert infer_unet_config(state, space_to_depth=4) == config  # size from the shift masks
+    no_masks = {k: v for k, v in state.items() if not k.endswith("attn_mask")}
+    assert infer_unet_config(no_masks, image_size_hint=64, space_to_depth=4) == config  # size from the hint
+    # without the metadata the same tensors read as a 48-channel latent UNet, never as a 3-channel one
+    assert infer_unet_config(state).out_channels == 48
+
+
+def test_space_to_depth_keeps_shapes_and_checks_its_factor():
+    config = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_resolutions=(8,),
+                        image_size=32, lq_size=32, swin_embed_dim=32, num_heads=2, window_size=8, mlp_ratio=2.0,
+                        space_to_depth=2)
+    model = ResShiftUNet(config).eval()
+    x, lq = torch.randn(2, 3, 64, 96), torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        out = model(x, torch.tensor([0, 3]), lq=lq)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="space_to_depth"):
+            UNetConfig(image_size=32, lq_size=32, space_to_depth=bad)
+    with pytest.raises(ValueError, match="lq_size == image_size"):
+        UNetConfig(image_size=32, lq_size=64, space_to_depth=2)

@@ -24,6 +24,12 @@ class UNetConfig:
 
     ``image_size`` is the construction-time latent size: it fixes which Swin blocks shift and the official padding
     multiple (``lq_size`` LR pixels). ``lq_size / image_size`` is 2^(number of LR feature-extractor stages).
+
+    ``space_to_depth`` (f, not an official argument; 1 for every release) lets the network work on an f times
+    coarser grid: the input and the LR condition are pixel-unshuffled into f^2 times the channels, and the output is
+    pixel-shuffled back, so x and x0 keep their shapes. The diffusion is unchanged (the unshuffle only reorders
+    pixels); a full-resolution pixel-space model then costs about 1/f^2 of the compute. ``attention_resolutions``
+    count in the coarse grid's sizes (``image_size // f`` at the first level).
     """
 
     in_channels: int = 3
@@ -42,6 +48,19 @@ class UNetConfig:
     mlp_ratio: float = 4.0
     patch_norm: bool = False
     use_scale_shift_norm: bool = True
+    space_to_depth: int = 1
+
+    def __post_init__(self):
+        if self.space_to_depth < 1 or self.image_size % self.space_to_depth:
+            raise ValueError(f"space_to_depth must be a whole number >= 1 that divides image_size "
+                             f"({self.image_size}); got {self.space_to_depth}")
+        if self.space_to_depth > 1 and self.lq_size != self.image_size:
+            raise ValueError("space_to_depth > 1 needs the LR condition at the input's size (lq_size == image_size)")
+
+    @property
+    def grid_size(self) -> int:
+        """Construction-time side of the first level's feature map (image_size on the space-to-depth grid)."""
+        return self.image_size // self.space_to_depth
 
     @property
     def feature_stages(self) -> int:
@@ -56,18 +75,18 @@ class UNetConfig:
 
     def level_window(self, level: int) -> int:
         """Window used by Swin blocks of an encoder level (the middle block uses the deepest level's)."""
-        return min(self.window_size, self.image_size // 2 ** level)
+        return min(self.window_size, self.grid_size // 2 ** level)
 
     @property
     def latent_multiple(self) -> int:
         """Smallest multiple the latent H and W must have (down-sampling and windows at every level)."""
         multiple = 2 ** (len(self.channel_mult) - 1)
         for level in range(len(self.channel_mult)):
-            has_swin = (self.image_size // 2 ** level in self.attention_resolutions
+            has_swin = (self.grid_size // 2 ** level in self.attention_resolutions
                         or level == len(self.channel_mult) - 1)
             if has_swin:
                 multiple = math.lcm(multiple, 2 ** level * self.level_window(level))
-        return multiple
+        return multiple * self.space_to_depth
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -177,10 +196,11 @@ class ResShiftUNet(nn.Module):
                               c.mlp_ratio, c.patch_norm)
 
         ch = c.channel_mult[0] * c.model_channels
+        cells = c.space_to_depth ** 2
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(
-            nn.Conv2d(c.in_channels + c.condition_channels, ch, 3, padding=1))])
+            nn.Conv2d((c.in_channels + c.condition_channels) * cells, ch, 3, padding=1))])
         skip_channels = [ch]
-        size = c.image_size
+        size = c.grid_size
         for level, mult in enumerate(c.channel_mult):
             for block in range(c.num_res_blocks[level]):
                 out_ch = mult * c.model_channels
@@ -209,7 +229,7 @@ class ResShiftUNet(nn.Module):
                     layers.append(NearestUpsampleConv(ch))
                     size *= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-        self.out = nn.Sequential(GroupNorm32(32, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(32, ch), nn.SiLU(), nn.Conv2d(ch, c.out_channels * cells, 3, padding=1))
 
     def condition_features(self, lq: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """LR condition as the channels appended to the latent; constant over the steps of one run, so cache it.
@@ -246,6 +266,9 @@ class ResShiftUNet(nn.Module):
             lq_features = self.condition_features(lq, mask)
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(self.time_embed[0].weight.dtype))
         h = torch.cat([x, lq_features.to(x.dtype)], dim=1)
+        factor = self.config.space_to_depth
+        if factor > 1:
+            h = nn.functional.pixel_unshuffle(h, factor)
         skips = []
         for module in self.input_blocks:
             h = module(h, emb)
@@ -253,4 +276,5 @@ class ResShiftUNet(nn.Module):
         h = self.middle_block(h, emb)
         for module in self.output_blocks:
             h = module(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        h = self.out(h)
+        return nn.functional.pixel_shuffle(h, factor) if factor > 1 else h
