@@ -11,6 +11,7 @@ import pytest
 import torch
 from train_helpers import (
     ROOT,
+    SMALL_UNET,
     TINY_RECIPE,
     assert_states_equal,
     final_state,
@@ -176,7 +177,8 @@ def test_a_fresh_unet_starts_with_zeroed_residual_branches_like_the_official_cla
     config = cfg.load_config(TINY_RECIPE, [])
     model = train.build_unet(config)
     blocks = [m for m in model.modules() if isinstance(m, ResBlock)]
-    assert len(blocks) == 11
+    per_level = model.config.num_res_blocks
+    assert len(blocks) == sum(per_level) + sum(n + 1 for n in per_level) + 2  # encoder, decoder, middle block
     for block in blocks:
         last = block.out_layers[-1]
         assert torch.count_nonzero(last.weight) == 0 and torch.count_nonzero(last.bias) == 0
@@ -199,6 +201,10 @@ def test_config_overrides_are_checked():
         cfg.batch_split(cfg.load_config(TINY_RECIPE, ["train.global_batch=6"]), 4)
     with pytest.raises(cfg.ConfigError, match="max_minutes must be a positive number"):
         cfg.load_config(TINY_RECIPE, ["train.max_minutes=-5"])
+    with pytest.raises(cfg.ConfigError, match="unknown model.unet key.*space_to_dpth"):
+        train.unet_config(cfg.load_config(TINY_RECIPE, ["model.unet.space_to_dpth=2"]))
+    with pytest.raises(cfg.ConfigError, match="space_to_depth must be"):
+        train.unet_config(cfg.load_config(TINY_RECIPE, ["model.unet.space_to_depth=3"]))
 
 
 def test_precision_auto_follows_the_device(monkeypatch):
@@ -279,6 +285,32 @@ def test_export_upscales_through_the_public_api_and_the_cli(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         with Image.open(out_dir / "photo.png") as upscaled:
             assert upscaled.size == (80, 48)
+
+
+def test_a_space_to_depth_model_trains_exports_and_upscales_tiled(tmp_path):
+    """A pixel-space UNet on a 2x coarser grid: its file says so, loads without flags and upscales any size in tiles
+    of its training crop (the tiles' multiple includes the factor)."""
+    import resshift_core as rc
+    from train import export
+
+    s2d_unet = SMALL_UNET.replace("attention_resolutions: [32]", "attention_resolutions: [16]").replace(
+        "mlp_ratio: 2.0}", "mlp_ratio: 2.0, space_to_depth: 2}")
+    run_dir = tmp_path / "run"
+    assert train.run(train_args(run_dir, 3, *small_overrides(), s2d_unet)) == 0
+    exported = export.export(run_dir, tmp_path / "s2d.safetensors")
+    unet = rc.load_model(exported, expect="unet")
+    # the coarse grid needs multiples of 16 (its 8 px windows at the 2x down-sampled level): 32 input pixels
+    assert unet.network.config.space_to_depth == 2 and unet.network.config.latent_multiple == 32
+    ema = final_state(run_dir)["ema"]
+    assert all(torch.equal(unet.network.state_dict()[k], v) for k, v in ema.items())
+    pipe = rc.ResShiftPipeline.from_loaded(unet, None, device="cpu", dtype="fp32")
+    lr = torch.rand(1, 3, 13, 21, generator=torch.Generator().manual_seed(0))  # 52x84 out: tiles of 32
+    plan = pipe.plan(13, 21)
+    assert plan.unet_tiles is not None and len(plan.unet_tiles) > 1
+    for one_step in (False, True):
+        hr = pipe.upscale(lr, seed=3, one_step=one_step)
+        assert hr.shape == (1, 3, 52, 84) and 0 <= hr.min() and hr.max() <= 1
+        assert torch.equal(hr, pipe.upscale(lr, seed=3, one_step=one_step))
 
 
 def test_export_of_an_empty_run_folder_is_a_clear_error(tmp_path, capsys):

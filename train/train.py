@@ -97,7 +97,15 @@ class Dist:
 
 
 def unet_config(config: dict) -> UNetConfig:
-    unet = UNetConfig.from_dict(config["model"]["unet"] or {})
+    values = config["model"]["unet"] or {}
+    unknown = sorted(set(values) - set(UNetConfig.__dataclass_fields__))
+    if unknown:  # the group is free-form, so check it here: a misspelt key must not fall back to a default
+        raise cfg.ConfigError(f"unknown model.unet key(s) {', '.join(unknown)}; UNetConfig's fields are "
+                              f"{', '.join(UNetConfig.__dataclass_fields__)}")
+    try:
+        unet = UNetConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise cfg.ConfigError(f"model.unet: {error}") from error
     if config["model"]["space"] == "pixel" and (unet.in_channels != 3 or unet.out_channels != 3
                                                 or unet.lq_size != unet.image_size):
         raise cfg.ConfigError("a pixel-space UNet needs in_channels = out_channels = 3 and lq_size == image_size "
