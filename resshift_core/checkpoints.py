@@ -410,7 +410,14 @@ class CheckpointIdentity:
 def _infer_config(raw: RawCheckpoint, kind: str) -> UNetConfig | VQConfig:
     try:
         if kind == UNET_KIND:
-            meta_config = _metadata_json(raw.metadata, "unet_config") or {}
+            try:
+                meta_config = _metadata_json(raw.metadata, "unet_config") or {}
+            except ValueError:
+                meta_config = None
+            if not isinstance(meta_config, dict):  # hints only: a damaged record must not stop the shapes' reading
+                logger.warning("%s: its resshift.unet_config metadata is not a JSON object; it is ignored",
+                               raw.path or "the state dict")
+                meta_config = {}
             return infer_unet_config(raw.tensors, image_size_hint=meta_config.get("image_size"),
                                      space_to_depth=int(meta_config.get("space_to_depth", 1)))
         return infer_vq_config(raw.tensors)

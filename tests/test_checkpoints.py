@@ -212,6 +212,30 @@ def test_a_space_to_depth_unet_round_trips_through_its_file(tmp_path):
     assert infer_unet_config(state).out_channels == 48
 
 
+@pytest.mark.parametrize("record", ['{"space_to_depth": 2}', "[1, 2]", '"text"', "{not json"])
+def test_a_damaged_unet_config_record_is_ignored_or_a_clear_error(tmp_path, record):
+    """The metadata's unet_config is a hint: not an object -> ignored (shapes decide); a wrong factor -> the file's
+    shapes do not fit and loading says so, never an AttributeError."""
+    from safetensors import safe_open
+
+    import resshift_core as rc
+    from resshift_core.checkpoints import save_unet
+
+    config = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), attention_resolutions=(32,),
+                        image_size=32, lq_size=32, swin_embed_dim=32, num_heads=2, window_size=8, mlp_ratio=2.0)
+    good = save_unet(ResShiftUNet(config), tmp_path / "good.safetensors", latent_space=False, scale=4)
+    with safe_open(str(good), "pt") as handle:
+        metadata = dict(handle.metadata())
+    metadata["resshift.unet_config"] = record
+    damaged = tmp_path / "damaged.safetensors"
+    save_file(load_file(str(good)), str(damaged), metadata=metadata)
+    if record.startswith('{"'):
+        with pytest.raises(UnknownCheckpointError, match="does not fit the network"):
+            rc.load_model(damaged, expect="unet")
+    else:
+        assert rc.load_model(damaged, expect="unet").network.config == config
+
+
 def test_space_to_depth_keeps_shapes_and_checks_its_factor():
     config = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_resolutions=(8,),
                         image_size=32, lq_size=32, swin_embed_dim=32, num_heads=2, window_size=8, mlp_ratio=2.0,
