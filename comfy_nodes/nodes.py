@@ -92,9 +92,17 @@ def _model_paths(*names: str) -> list[str]:
 
 def load_pipeline(unet_name: str, vae_name: str, release: str, dtype: str) -> tuple:
     rc = require_core()
+    known_release = None if release == AUTO else release
     with host.node_errors(LOADER_INPUTS):
-        unet_path, vae_path = _model_paths(unet_name, vae_name)
-        unet = rc.load_model(unet_path, expect="unet", release=None if release == AUTO else release)
+        unet_path = host.find_model_file(unet_name)
+        if unet_path is None:  # an official file still to download: every release is latent, fetch both at once
+            unet_path, vae_path = _model_paths(unet_name, vae_name)
+            unet = rc.load_model(unet_path, expect="unet", release=known_release)
+        else:
+            unet = rc.load_model(unet_path, expect="unet", release=known_release)
+            if not unet.latent_space:  # e.g. a pixel-space model from train/: vae_name is not used nor fetched
+                return (host.wrap_networks(unet, None, host.choose_dtype(dtype, unet)),)
+            (vae_path,) = _model_paths(vae_name)
         autoencoder = rc.load_model(vae_path, expect="autoencoder")
         return (host.wrap_networks(unet, autoencoder, host.choose_dtype(dtype, unet)),)
 
@@ -104,13 +112,14 @@ LOADER = NodeDefinition(
     display_name="Load ResShift Pipeline",
     description=("Loads a ResShift diffusion UNet and its VQ autoencoder from models/resshift (folders listed under "
                  "'resshift:' in extra_model_paths.yaml work too). Official files that are not there yet are "
-                 "downloaded into models/resshift on first use. " + LICENSE_NOTE),
+                 "downloaded into models/resshift on first use. A pixel-space UNet (e.g. one trained with the "
+                 "pack's train/ recipes) needs no autoencoder: vae_name is then not used. " + LICENSE_NOTE),
     inputs=(
         InputDefinition("unet_name", COMBO, "The diffusion network (UNet) file, e.g. resshift_realsrx4_s4_v3.pth. "
                         "Official names not yet in models/resshift are downloaded when the node runs. "
                         + LICENSE_NOTE, options=unet_file_options, default="resshift_realsrx4_s4_v3.pth"),
         InputDefinition("vae_name", COMBO, "The VQ autoencoder file the UNet was trained with (autoencoder_vq_f4.pth "
-                        "for the super-resolution and ImageNet inpainting releases).",
+                        "for the super-resolution and ImageNet inpainting releases); not used by pixel-space UNets.",
                         options=autoencoder_file_options, default="autoencoder_vq_f4.pth"),
         InputDefinition("release", COMBO, "Which release the UNet is: 'auto' reads it from the file (official name "
                         "or metadata). The noise schedule cannot be read from the weights, so renamed files need it.",

@@ -17,7 +17,14 @@ The official weights are under the S-Lab License 1.0 (non-commercial use); see `
 This package imports no host application (ComfyUI, WebUI, gradio); the plugins are thin layers over it.
 """
 
-from .checkpoints import CheckpointIdentity, identify_checkpoint, save_autoencoder, save_unet
+from .checkpoints import (
+    CheckpointIdentity,
+    OwnUNetFile,
+    identify_checkpoint,
+    read_own_unet_header,
+    save_autoencoder,
+    save_unet,
+)
 from .download import ChecksumError, DownloadError, OfflineError
 from .errors import (
     PYTHON_API,
@@ -61,10 +68,10 @@ __all__ = [
     "AUTOENCODERS", "DEFAULT_RELEASE", "DEFAULT_SEED", "LICENSE_URL", "PYTHON_API", "RELEASES", "WEIGHTS_LICENSE",
     "CancelledError", "CheckpointError", "CheckpointIdentity", "ChecksumError", "CorruptCheckpointError",
     "DecodedImage", "DownloadError", "InputImageError", "InvalidArgumentError", "ModelDescriptor", "NoiseSource",
-    "OfflineError", "Release", "ResShiftError", "ResShiftLatent", "ResShiftPipeline", "ResShiftUNet", "RunPlan",
-    "Schedule", "ScheduleParams", "StepProgress", "TileSettings", "UNetConfig", "UnknownCheckpointError",
-    "UnknownScheduleError", "UnsafeCheckpointError", "VQAutoencoder", "VQConfig", "Vocabulary",
-    "WrongModelKindError", "encode_image", "fetch_release_files", "get_release", "identify_checkpoint",
-    "load_model", "missing_files_error", "official_file", "random_seed", "read_image", "save_autoencoder", "save_unet", "tune_cpu_allocator", "upscale_alpha",
-    "write_image",
+    "OfflineError", "OwnUNetFile", "Release", "ResShiftError", "ResShiftLatent", "ResShiftPipeline", "ResShiftUNet",
+    "RunPlan", "Schedule", "ScheduleParams", "StepProgress", "TileSettings", "UNetConfig", "UnknownCheckpointError",
+    "UnknownScheduleError", "UnsafeCheckpointError", "VQAutoencoder", "VQConfig", "Vocabulary", "WrongModelKindError",
+    "encode_image", "fetch_release_files", "get_release", "identify_checkpoint", "load_model", "missing_files_error",
+    "official_file", "random_seed", "read_image", "read_own_unet_header", "save_autoencoder", "save_unet",
+    "tune_cpu_allocator", "upscale_alpha", "write_image",
 ]

@@ -563,6 +563,49 @@ def resolve_schedule(loaded) -> ScheduleParams:
         choices=tuple(RELEASES))
 
 
+@dataclass(frozen=True)
+class OwnUNetFile:
+    """What the header of a UNet file written by :func:`save_unet` without a release says (a model of one's own,
+    e.g. from ``train/export.py``): enough for a host to list it, read without loading any tensor.
+
+    Attributes:
+        path: the file.
+        scale: output / input size.
+        latent_space: False for a pixel-space model (no autoencoder).
+        autoencoder: the autoencoder it needs (key of ``AUTOENCODERS``), None in pixel space or when not recorded.
+    """
+
+    path: Path
+    scale: int
+    latent_space: bool
+    autoencoder: str | None
+
+
+def read_own_unet_header(path: str | os.PathLike) -> OwnUNetFile | None:
+    """The :class:`OwnUNetFile` of a .safetensors UNet of one's own; None for any other file (a release, a converted
+    release, an autoencoder, a .pth, a file without our metadata or with a scale that is not recorded, an unreadable
+    file). Only the file's header is read."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        if not _looks_like_safetensors(path):
+            return None
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            meta = dict(handle.metadata() or {})
+    except Exception:  # noqa: BLE001 - a host's file scan must not fail on one bad file; loading it will say why
+        return None
+    if meta.get(METADATA_PREFIX + "kind") != UNET_KIND or meta.get(METADATA_PREFIX + "release"):
+        return None
+    try:
+        scale = int(meta[METADATA_PREFIX + "scale"])
+    except (KeyError, ValueError):
+        return None
+    latent_space = meta.get(METADATA_PREFIX + "space", "latent") != "pixel"
+    autoencoder = meta.get(METADATA_PREFIX + "autoencoder") if latent_space else None
+    return OwnUNetFile(path, scale, latent_space, autoencoder) if scale >= 1 else None
+
+
 def save_unet(model: ResShiftUNet, path: str | os.PathLike, *, release: str | None = None,
               schedule: ScheduleParams | None = None, one_step: bool = False, scale: int | None = None,
               latent_space: bool = True, autoencoder: str | None = None, tile_size: int | None = None,

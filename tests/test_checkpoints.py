@@ -236,6 +236,27 @@ def test_a_damaged_unet_config_record_is_ignored_or_a_clear_error(tmp_path, reco
         assert rc.load_model(damaged, expect="unet").network.config == config
 
 
+def test_the_header_of_a_model_of_ones_own_is_read_without_its_tensors(tmp_path):
+    """What a host lists: our own UNet files, from the header alone; releases, other files and damage give None."""
+    import resshift_core as rc
+    from tiny_weights import pixel_space_unet
+
+    own = rc.read_own_unet_header(pixel_space_unet(tmp_path / "mine.safetensors"))
+    assert own == rc.OwnUNetFile(tmp_path / "mine.safetensors", 4, False, None)
+    config = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1), attention_resolutions=(8,),
+                        image_size=8, lq_size=8, swin_embed_dim=32, num_heads=1, window_size=4, mlp_ratio=2.0)
+    latent = save_unet(ResShiftUNet(config), tmp_path / "latent.safetensors", scale=4, autoencoder="vq-f4")
+    assert rc.read_own_unet_header(latent) == rc.OwnUNetFile(latent, 4, True, "vq-f4")
+    release = save_unet(ResShiftUNet(config), tmp_path / "release.safetensors", release="realsr-v3")
+    no_scale = save_unet(ResShiftUNet(config), tmp_path / "no_scale.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes((tmp_path / "mine.safetensors").read_bytes()[:50])
+    text = tmp_path / "notes.safetensors"
+    text.write_text("not a model")
+    for path in (release, no_scale, truncated, text, tmp_path / "absent.safetensors"):
+        assert rc.read_own_unet_header(path) is None, path.name
+
+
 def test_space_to_depth_keeps_shapes_and_checks_its_factor():
     config = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1), attention_resolutions=(8,),
                         image_size=32, lq_size=32, swin_embed_dim=32, num_heads=2, window_size=8, mlp_ratio=2.0,

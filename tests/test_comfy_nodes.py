@@ -25,6 +25,7 @@ from tiny_weights import (
     SR_RELEASE,
     UNET,
     hostile_pickle,
+    pixel_space_unet,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,6 +229,21 @@ def test_explicit_dtype_wins_over_comfyui_choice(stubs, v3_pack):
     (pipeline,) = run_v3(v3_pack["ResShiftPipelineLoader"], unet_name=unet_name, vae_name=vae_name,
                          release=SR_RELEASE, dtype="fp32")
     assert next(pipeline.patchers[0].model.parameters()).dtype == torch.float32
+
+
+def test_a_pixel_space_unet_loads_and_upscales_without_its_autoencoder(stubs, v3_pack, monkeypatch):
+    """A model from the pack's trainer needs no autoencoder: vae_name (an official file not on disk) is neither
+    loaded nor fetched, even offline, and the upscale node returns the 4x image."""
+    monkeypatch.setenv("RESSHIFT_OFFLINE", "1")
+    stubs.resshift_dir.mkdir(parents=True, exist_ok=True)
+    pixel_space_unet(stubs.resshift_dir / "my_tiny.safetensors")
+    (pipeline,) = run_v3(v3_pack["ResShiftPipelineLoader"], unet_name="my_tiny.safetensors",
+                         vae_name="autoencoder_vq_f4.pth", release="auto", dtype="fp32")
+    assert len(pipeline.patchers) == 1 and pipeline.pipeline.autoencoder is None
+    out_image, _ = run_v3(v3_pack["ResShiftPipelineUpscale"], pipeline=pipeline, image=image_batch(height=12, width=10),
+                          seed=3, tile_size=0, tile_overlap=-1)
+    assert out_image.shape == (1, 48, 40, 3) and 0.0 <= out_image.min() and out_image.max() <= 1.0
+    assert sorted(p.name for p in stubs.resshift_dir.iterdir()) == ["my_tiny.safetensors"]
 
 
 def test_autoencoder_given_as_unet_is_a_clear_node_error(stubs, v3_pack):

@@ -267,6 +267,34 @@ def test_downloaded_files_are_used(webui, core_calls):
     assert (webui.folder / release.file_name).is_file()
 
 
+def test_models_of_ones_own_are_listed_and_run_with_what_their_files_say(webui):
+    """Files from the project's trainer get their own entries (from the file header, by the core); a pixel-space one
+    runs with no autoencoder at all, a latent one fetches the autoencoder its file names; other files are not listed."""
+    from tiny_weights import SR_RELEASE, pixel_space_unet
+
+    pixel_space_unet(webui.folder / "my_tiny.safetensors")
+    latent = rc.load_model(UNET, expect="unet", release=SR_RELEASE).network
+    rc.save_unet(latent, webui.folder / "my_latent.safetensors", schedule=rc.RELEASES[SR_RELEASE].schedule, scale=4,
+                 autoencoder="vq-f4")
+    shutil.copy(AUTOENCODER, webui.folder / "some_vae.safetensors")  # not a UNet: no entry
+    shutil.copy(UNET, webui.folder / "renamed_unet.safetensors")  # no metadata: nothing says how to run it
+    webui.modelloader.load_upscalers()
+    names = [data.name for data in webui.shared.sd_upscalers]
+    assert names == ["None", "Lanczos"] + ENTRY_ORDER + ["ResShift: my_latent", "ResShift: my_tiny"]
+
+    (webui.folder / "autoencoder_vq_f4.safetensors").unlink()
+    webui.shared.opts.resshift_download = False
+    tiny = entry(webui, "ResShift: my_tiny")
+    assert tiny.scale == 4 and Path(tiny.data_path) == webui.folder / "my_tiny.safetensors"
+    assert tiny.scaler.upscale(pattern(12, 8), 4, tiny.data_path).size == (48, 32)
+    own = entry(webui, "ResShift: my_latent")
+    with pytest.raises(rc.OfflineError) as caught:
+        own.scaler.upscale(pattern(12, 8), 4, own.data_path)
+    assert [file.name for file in caught.value.files] == ["autoencoder_vq_f4.pth"]
+    shutil.copy(AUTOENCODER, webui.folder / "autoencoder_vq_f4.safetensors")
+    assert own.scaler.upscale(pattern(12, 8), 4, own.data_path).size == (48, 32)
+
+
 def test_settings_are_registered_in_the_upscaling_section(webui):
     sys.modules.setdefault("gradio", types.SimpleNamespace(Number=object, Slider=object, Radio=object,
                                                            Checkbox=object))

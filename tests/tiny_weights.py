@@ -52,3 +52,19 @@ def truncated_copy(source: str | os.PathLike, path: str | os.PathLike, fraction:
     data = Path(source).read_bytes()
     Path(path).write_bytes(data[:int(len(data) * fraction)])
     return Path(path)
+
+
+def pixel_space_unet(path: str | os.PathLike, space_to_depth: int = 2, seed: int = 0) -> Path:
+    """A small pixel-space x4 UNet file as ``train/export.py`` writes one (no autoencoder; 32 px tiles; a network
+    on a ``space_to_depth`` times coarser grid), with seeded random weights."""
+    import resshift_core as rc
+    from resshift_core.nets import ResShiftUNet, UNetConfig
+    from resshift_core.schedule import ScheduleParams
+
+    config = UNetConfig(model_channels=32, channel_mult=(1, 1), num_res_blocks=(1, 1),
+                        attention_resolutions=(32 // space_to_depth // 2,), image_size=32, lq_size=32,
+                        swin_embed_dim=32, num_heads=2, window_size=8, mlp_ratio=2.0, space_to_depth=space_to_depth)
+    torch.manual_seed(seed)
+    return rc.save_unet(ResShiftUNet(config), path, schedule=ScheduleParams(steps=4, kappa=1.0), scale=4,
+                        latent_space=False, tile_size=32)
+

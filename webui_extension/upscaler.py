@@ -1,4 +1,5 @@
-"""``UpscalerResShift``: one WebUI upscaler entry per x4 ResShift / SinSR release.
+"""``UpscalerResShift``: one WebUI upscaler entry per x4 ResShift / SinSR release, and one per model of one's own
+(a ``.safetensors`` written by the project's ``train/export.py``) in the ResShift model folders.
 
 Every entry runs the core exactly once per image (x4, padding and cropping inside the core); a requested scale below
 4 is reached by one run and a Lanczos down-scale, a scale above 4 is refused with a message instead of running the
@@ -59,6 +60,8 @@ class UpscalerResShift(Upscaler):
             release = rc.get_release(release_name)
             path = local.get(release.file_name, release.url)
             self.scalers.append(UpscalerData(entry_name, path, self, release.scale))
+        for own in self.own_models():
+            self.scalers.append(UpscalerData(f"{NAME}: {own.path.stem}", str(own.path), self, own.scale))
 
     # ------------------------------------------------------------------------------------------------ files
     def download_folder(self) -> str:
@@ -79,20 +82,35 @@ class UpscalerResShift(Upscaler):
                 found.setdefault(official, path)
         return found
 
+    def own_models(self) -> list:
+        """Models of one's own in the model folders (the core reads each file's header), by file name."""
+        found = []
+        for path in self.find_models(ext_filter=[".safetensors"]):
+            if "://" in path or release_for_file_name(path) or autoencoder_for_file_name(path):
+                continue
+            own = rc.read_own_unet_header(path)
+            if own is not None:
+                found.append(own)
+        return sorted(found, key=lambda own: own.path.name.lower())
+
     def weight_paths(self, release) -> tuple[str, str]:
         """Paths of a release's UNet and autoencoder, downloading what is missing through the WebUI's downloader
         when the settings allow it. Raises the core's ``OfflineError`` naming every file still missing, where to
         download it from and where to save it."""
+        needed = files_of_release(release)  # the UNet file and its autoencoder's
+        return tuple(self.fetch(needed, release.name))
+
+    def fetch(self, needed: list, purpose: str) -> list[str]:
+        """Local paths of official files, downloaded when missing and allowed (see :meth:`weight_paths`)."""
         local = self.local_files()
         folder = self.download_folder()
         download = settings.value(shared.opts, "resshift_download")
         missing, failures = [], []
-        needed = files_of_release(release)  # the UNet file and its autoencoder's
         for item in needed:
             if item.file_name in local:
                 continue
             if download:
-                logger.info("downloading %s for %s (weights under the %s: %s)", item.file_name, release.name,
+                logger.info("downloading %s for %s (weights under the %s: %s)", item.file_name, purpose,
                             rc.WEIGHTS_LICENSE, rc.LICENSE_URL)
                 try:
                     local[item.file_name] = modelloader.load_file_from_url(item.url, model_dir=folder,
@@ -106,21 +124,22 @@ class UpscalerResShift(Upscaler):
             reason = ("the WebUI could not download them: " + "; ".join(dict.fromkeys(failures)) if failures
                       else "downloading is off ({arg:offline})")
             raise rc.missing_files_error(missing, reason)
-        return local[needed[0].file_name], local[needed[1].file_name]
+        return [local[item.file_name] for item in needed]
 
     # ---------------------------------------------------------------------------------------------- running
     def load_model(self, path: str):
         """The WebUI's hook; ``path`` is an entry's data path (a local file or the release URL)."""
-        release = self.release_for(path)
-        return self.pipeline_for(release, self.device_and_dtype())
+        return self.pipeline_for(self.model_for(path), self.device_and_dtype())
 
     @staticmethod
-    def release_for(data_path: str | None):
+    def model_for(data_path: str | None):
+        """An entry's model: its ``Release``, or the ``OwnUNetFile`` of a model of one's own."""
         release = release_for_file_name(data_path or "")
-        if release is None:
-            raise rc.ResShiftError(f"{data_path!r} is not a ResShift release file; pick one of the ResShift entries "
-                                   f"of the upscaler list")
-        return release
+        own = None if release or not data_path or "://" in data_path else rc.read_own_unet_header(data_path)
+        if release is None and own is None:
+            raise rc.ResShiftError(f"{data_path!r} is not a ResShift release file nor a model exported by the "
+                                   f"project's trainer; pick one of the ResShift entries of the upscaler list")
+        return release or own
 
     @staticmethod
     def device_and_dtype() -> tuple[torch.device, torch.dtype]:
@@ -130,15 +149,29 @@ class UpscalerResShift(Upscaler):
             choice = "fp32" if shared.cmd_opts.no_half else default_dtype(str(device))
         return torch.device(device), parse_dtype(choice)
 
-    def pipeline_for(self, release, device_dtype):
-        """The loaded pipeline for a release (kept between images unless the settings say otherwise)."""
+    def pipeline_for(self, model, device_dtype):
+        """The loaded pipeline for a release or a model of one's own (kept between images unless the settings say
+        otherwise). A pixel-space model of one's own needs no autoencoder."""
         device, dtype = device_dtype
-        unet_path, autoencoder_path = self.weight_paths(release)
+        if isinstance(model, rc.OwnUNetFile):
+            release, unet_path = None, str(model.path)
+            autoencoder_path = None
+            if model.latent_space:
+                known = rc.AUTOENCODERS.get(model.autoencoder or "")
+                if known is None:
+                    raise rc.ResShiftError(
+                        f"{model.path.name} works on a latent, but its file names no autoencoder this extension "
+                        f"knows ({model.autoencoder!r}; known: {', '.join(rc.AUTOENCODERS)}); run it with the "
+                        f"command line's --autoencoder instead")
+                (autoencoder_path,) = self.fetch([known], model.path.name)
+        else:
+            release = model
+            unet_path, autoencoder_path = self.weight_paths(release)
         key = (unet_path, autoencoder_path, str(device), str(dtype))
         if self._pipeline_key != key:
             self.unload()
             unet = rc.load_model(unet_path, expect="unet", release=release)
-            autoencoder = rc.load_model(autoencoder_path, expect="autoencoder")
+            autoencoder = None if autoencoder_path is None else rc.load_model(autoencoder_path, expect="autoencoder")
             # Under --lowvram / --medvram the networks wait on the CPU and visit the device only while they run.
             home = "cpu" if self.offload() else device
             self._pipeline = rc.ResShiftPipeline.from_loaded(unet, autoencoder, device=home, dtype=dtype)
@@ -170,7 +203,7 @@ class UpscalerResShift(Upscaler):
         target_h = int((img.height * scale) // 8 * 8)
         if img.width >= target_w and img.height >= target_h and scale != 1:
             return img.resize((target_w, target_h), resample=LANCZOS)  # a down-scale needs no model
-        factor = self.release_for(selected_model).scale
+        factor = self.model_for(selected_model).scale
         if target_w > img.width * factor or target_h > img.height * factor:
             raise rc.InvalidArgumentError(
                 "scale", scale, f"at most {factor}: ResShift upscales by exactly {factor} in one run (asked "
@@ -185,13 +218,13 @@ class UpscalerResShift(Upscaler):
 
     def do_upscale(self, img: Image.Image, selected_model: str | None) -> Image.Image:
         """(W, H) PIL image -> (4W, 4H) PIL image of the same kind (RGBA keeps its alpha, upscaled by the core)."""
-        release = self.release_for(selected_model)
+        model = self.model_for(selected_model)
         device_dtype = self.device_and_dtype()
         seed = int(settings.value(shared.opts, "resshift_seed"))
         seed = rc.random_seed() if seed < 0 else seed  # -1: a fresh one, drawn by the core's rule
         with self._lock:
             forge.free_memory_for(self._pipeline, img.height, img.width, self.tiling())  # before our weights move
-            pipe = self.pipeline_for(release, device_dtype)
+            pipe = self.pipeline_for(model, device_dtype)
             try:
                 if self.offload():
                     pipe.to(device_dtype[0])
