@@ -238,8 +238,9 @@ def test_a_damaged_unet_config_record_is_ignored_or_a_clear_error(tmp_path, reco
 
 def test_the_header_of_a_model_of_ones_own_is_read_without_its_tensors(tmp_path):
     """What a host lists: our own UNet files, from the header alone; releases, other files and damage give None."""
-    import resshift_core as rc
     from tiny_weights import pixel_space_unet
+
+    import resshift_core as rc
 
     own = rc.read_own_unet_header(pixel_space_unet(tmp_path / "mine.safetensors"))
     assert own == rc.OwnUNetFile(tmp_path / "mine.safetensors", 4, False, None)

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_weights import AUTOENCODER, SR_RELEASE, UNET
+from PIL import Image
+from tiny_weights import AUTOENCODER, SR_RELEASE, UNET, pixel_space_unet
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "example_workflows" / "api"
@@ -80,23 +81,22 @@ def _models(folder: Path) -> tuple[Path, dict]:
                     "autoencoder_vq_f4.pth": "tiny_vae.safetensors", "auto": SR_RELEASE}
 
 
-def _workflow(source: Path, folder: Path, renames: dict, **node_inputs) -> Path:
-    """A copy of an API workflow with the model names of this run and optional input overrides per node id."""
+def _workflow(source: Path, folder: Path, renames: dict, name: str | None = None, **node_inputs) -> Path:
+    """A copy of an API workflow (as ``name``, default its own) with the model names of this run and optional input
+    overrides per node id."""
     graph = json.loads(source.read_text())
     for node_id, node in graph.items():
         if node["class_type"] == "ResShiftPipelineLoader":
             for key in ("unet_name", "vae_name", "release"):
                 node["inputs"][key] = renames.get(node["inputs"][key], node["inputs"][key])
         node["inputs"].update(node_inputs.get(node_id, {}))
-    path = folder / source.name
+    path = folder / (name or source.name)
     path.write_text(json.dumps(graph))
     return path
 
 
 def _rgba_input(folder: Path) -> Path:
     """A 32x24 RGBA PNG whose left half is transparent."""
-    from PIL import Image
-
     rows, cols = np.mgrid[0:INPUT_HEIGHT, 0:INPUT_WIDTH]
     rgb = np.stack([cols * 7 % 256, rows * 11 % 256, (rows + cols) * 5 % 256], axis=-1)
     alpha = np.where(cols < INPUT_WIDTH // 2, 0, 255)
@@ -115,6 +115,12 @@ def test_pack_runs_in_a_real_comfyui(comfyui, tmp_path):
     slow_changes = {} if not renames else {"5": {"scale_by": 8.0}, "3": {"tile_size": 16, "tile_overlap": 4}}
     good = [_workflow(WORKFLOWS / name, work, renames) for name in
             ("upscale.json", "upscale_batch.json", "upscale_alpha.json", "split.json")]
+    # A pixel-space model of one's own (what train/export.py writes): vae_name names an official file that is not
+    # there, and the loader must neither need nor fetch it (the harness's ComfyUI is offline).
+    own_model = pixel_space_unet(tmp_path / "own_pixel.safetensors")
+    good.append(_workflow(WORKFLOWS / "upscale.json", work, {}, name="upscale_own_pixel.json",
+                          **{"2": {"unet_name": own_model.name, "vae_name": "autoencoder_vq_f4.pth"},
+                             "4": {"filename_prefix": "${OUTPUT_PREFIX}_own_pixel"}}))
     bad = _workflow(WORKFLOWS / "bad_unet_is_autoencoder.json", work, renames)
     slow = _workflow(WORKFLOWS / "slow_interrupt.json", work, renames, **slow_changes)
     report_path = tmp_path / "report.json"
@@ -124,7 +130,7 @@ def test_pack_runs_in_a_real_comfyui(comfyui, tmp_path):
                "--report", str(report_path), "--bad-expect", "execution",
                "--bad-expect-node-type", "ResShiftPipelineLoader", "--bad-workflow", str(bad),
                "--interrupt-workflow", str(slow), "--timeout", "900"]
-    for model in sorted(models.iterdir()):
+    for model in [*sorted(models.iterdir()), own_model]:
         command += ["--model", f"{model}:resshift"]
     for workflow in good:
         command += ["--workflow", str(workflow)]
@@ -138,13 +144,15 @@ def test_pack_runs_in_a_real_comfyui(comfyui, tmp_path):
 
     outputs = tmp_path / "run" / "output"
     assert len(list(outputs.glob("*_batch_*.png"))) == 2  # a batch of 2 gives two 4x images
+    (own_output,) = outputs.glob("*_own_pixel_*.png")
+    with Image.open(own_output) as saved:
+        assert saved.size == (INPUT_WIDTH * 4, INPUT_HEIGHT * 4)
 
     # The wrong-file error is a node error that says what to do, and ComfyUI kept serving afterwards.
     wrong_file = next(c for c in report["checks"] if c["check"].endswith("execution_error reported"))
     assert re.search(r"unet_name|vae_name", wrong_file["detail"]), wrong_file["detail"]
 
     # RGBA in, RGBA out: the alpha went through the MASK path at 4x.
-    from PIL import Image
 
     (alpha_file,) = [p for p in outputs.glob("*_alpha_*.png") if "_again" not in p.name]
     with Image.open(alpha_file) as saved:

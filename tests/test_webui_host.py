@@ -33,12 +33,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tiny_weights import AUTOENCODER, UNET
+from tiny_weights import AUTOENCODER, UNET, pixel_space_unet
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT.parent / "shared" / "harness" / "webui" / "run_e2e.py"
 WEBUI = os.environ.get("RESSHIFT_WEBUI_DIR")
 V3 = "ResShift 4x real-world v3"
+OWN = "ResShift: own_pixel"  # the entry of a pixel-space model of one's own (what train/export.py writes)
 
 pytestmark = [
     pytest.mark.host,
@@ -63,6 +64,7 @@ def models_folder(tmp_path: Path) -> Path:
     else:
         shutil.copy(UNET, folder / "resshift_realsrx4_s4_v3.safetensors")
         shutil.copy(AUTOENCODER, folder / "autoencoder_vq_f4.safetensors")
+    pixel_space_unet(folder / "own_pixel.safetensors")
     return folder
 
 
@@ -158,3 +160,12 @@ def test_resshift_in_a_real_webui(served_webui):
                         {"image": png_b64(16, 12), "upscaling_resize": 4, "upscaler_1": "SinSR 4x v1"})
     assert status >= 400 and "SinSR_v1.pth" in error_text(body)
     assert call(base, "GET", "/sdapi/v1/upscalers")[0] == 200
+
+    # A model of one's own is listed and runs (downloads are off now: it needs no autoencoder).
+    status, upscalers = call(base, "GET", "/sdapi/v1/upscalers")
+    assert status == 200 and OWN in [entry["name"] for entry in upscalers]
+    status, body = call(base, "POST", "/sdapi/v1/extra-single-image",
+                        {"image": png_b64(20, 12), "upscaling_resize": 4, "upscaler_1": OWN})
+    assert status == 200, body
+    with Image.open(io.BytesIO(base64.b64decode(body["image"]))) as upscaled:
+        assert upscaled.size == (80, 48)
