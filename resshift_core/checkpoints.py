@@ -215,8 +215,11 @@ def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int 
     """
     cells = space_to_depth ** 2
     model_channels = tensors["time_embed.0.weight"].shape[1]
-    out_channels = tensors["out.2.weight"].shape[0] // cells
-    first_in = tensors["input_blocks.0.0.weight"].shape[1] // cells
+    out_rows, in_rows = tensors["out.2.weight"].shape[0], tensors["input_blocks.0.0.weight"].shape[1]
+    if out_rows % cells or in_rows % cells:
+        raise ValueError(f"space_to_depth {space_to_depth} does not fit its channels (output {out_rows}, input "
+                         f"{in_rows}: not multiples of {cells})")
+    out_channels, first_in = out_rows // cells, in_rows // cells
     extractor_convs = _indices(tensors, r"feature_extractor\.(\d+)\.weight$")
     stages = len(extractor_convs)
     if stages:

@@ -215,7 +215,7 @@ def test_a_space_to_depth_unet_round_trips_through_its_file(tmp_path):
 @pytest.mark.parametrize("record", ['{"space_to_depth": 2}', "[1, 2]", '"text"', "{not json"])
 def test_a_damaged_unet_config_record_is_ignored_or_a_clear_error(tmp_path, record):
     """The metadata's unet_config is a hint: not an object -> ignored (shapes decide); a wrong factor -> the file's
-    shapes do not fit and loading says so, never an AttributeError."""
+    shapes do not fit and loading says so, never an AttributeError nor a network with no channels."""
     from safetensors import safe_open
 
     import resshift_core as rc
@@ -230,7 +230,7 @@ def test_a_damaged_unet_config_record_is_ignored_or_a_clear_error(tmp_path, reco
     damaged = tmp_path / "damaged.safetensors"
     save_file(load_file(str(good)), str(damaged), metadata=metadata)
     if record.startswith('{"'):
-        with pytest.raises(UnknownCheckpointError, match="does not fit the network"):
+        with pytest.raises(UnknownCheckpointError, match="space_to_depth 2 does not fit its channels"):
             rc.load_model(damaged, expect="unet")
     else:
         assert rc.load_model(damaged, expect="unet").network.config == config
