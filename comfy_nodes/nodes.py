@@ -92,18 +92,16 @@ def _model_paths(*names: str) -> list[str]:
 
 def load_pipeline(unet_name: str, vae_name: str, release: str, dtype: str) -> tuple:
     rc = require_core()
-    known_release = None if release == AUTO else release
     with host.node_errors(LOADER_INPUTS):
-        unet_path = host.find_model_file(unet_name)
+        unet_path, vae_path = host.find_model_file(unet_name), None
         if unet_path is None:  # an official file still to download: every release is latent, fetch both at once
             unet_path, vae_path = _model_paths(unet_name, vae_name)
-            unet = rc.load_model(unet_path, expect="unet", release=known_release)
-        else:
-            unet = rc.load_model(unet_path, expect="unet", release=known_release)
-            if not unet.latent_space:  # e.g. a pixel-space model from train/: vae_name is not used nor fetched
-                return (host.wrap_networks(unet, None, host.choose_dtype(dtype, unet)),)
-            (vae_path,) = _model_paths(vae_name)
-        autoencoder = rc.load_model(vae_path, expect="autoencoder")
+        unet = rc.load_model(unet_path, expect="unet", release=None if release == AUTO else release)
+        autoencoder = None
+        if unet.latent_space:  # a pixel-space model (e.g. from train/) uses no autoencoder: vae_name is not fetched
+            if vae_path is None:
+                (vae_path,) = _model_paths(vae_name)
+            autoencoder = rc.load_model(vae_path, expect="autoencoder")
         return (host.wrap_networks(unet, autoencoder, host.choose_dtype(dtype, unet)),)
 
 

@@ -368,6 +368,11 @@ def _metadata_json(metadata: Mapping[str, str], key: str):
     return None if value is None else json.loads(value)
 
 
+def _metadata_is_latent(metadata: Mapping[str, str]) -> bool:
+    """Whether a UNet file's metadata puts it in latent space (the default: every release is latent)."""
+    return metadata.get(METADATA_PREFIX + "space", "latent") != "pixel"
+
+
 @dataclass(frozen=True)
 class CheckpointIdentity:
     """What a checkpoint is, decided in one place (:func:`identify_checkpoint`).
@@ -470,7 +475,7 @@ def identify_raw(raw: RawCheckpoint, release: str | Release | None = None) -> Ch
     else:
         schedule = found.schedule if found else None
     one_step = found.one_step if found else meta.get(METADATA_PREFIX + "one_step") == "true"
-    latent_space = meta.get(METADATA_PREFIX + "space", "latent") != "pixel"
+    latent_space = _metadata_is_latent(meta)
     scale = found.scale if found else (int(meta[METADATA_PREFIX + "scale"]) if METADATA_PREFIX + "scale" in meta
                                        else None)
     task = found.task if found else meta.get(METADATA_PREFIX + "task") or ("inpaint" if config.cond_mask else "sr")
@@ -604,7 +609,7 @@ def read_own_unet_header(path: str | os.PathLike) -> OwnUNetFile | None:
         scale = int(meta[METADATA_PREFIX + "scale"])
     except (KeyError, ValueError):
         return None
-    latent_space = meta.get(METADATA_PREFIX + "space", "latent") != "pixel"
+    latent_space = _metadata_is_latent(meta)
     autoencoder = meta.get(METADATA_PREFIX + "autoencoder") if latent_space else None
     return OwnUNetFile(path, scale, latent_space, autoencoder) if scale >= 1 else None
 

@@ -153,7 +153,6 @@ def test_pack_runs_in_a_real_comfyui(comfyui, tmp_path):
     assert re.search(r"unet_name|vae_name", wrong_file["detail"]), wrong_file["detail"]
 
     # RGBA in, RGBA out: the alpha went through the MASK path at 4x.
-
     (alpha_file,) = [p for p in outputs.glob("*_alpha_*.png") if "_again" not in p.name]
     with Image.open(alpha_file) as saved:
         assert saved.mode == "RGBA" and saved.size == (INPUT_WIDTH * 4, INPUT_HEIGHT * 4)
