@@ -18,9 +18,9 @@ This package imports no host application (ComfyUI, WebUI, gradio); the plugins a
 """
 
 from .checkpoints import (
-    CheckpointIdentity,
     OwnUNetFile,
     identify_checkpoint,
+    load_model,
     read_own_unet_header,
     save_autoencoder,
     save_unet,
@@ -42,7 +42,7 @@ from .errors import (
 )
 from .hub import fetch_release_files, missing_files_error
 from .imageio import DecodedImage, encode_image, read_image, upscale_alpha, write_image
-from .models import ModelDescriptor, load_model
+from .models import CheckpointIdentity, ModelDescriptor
 from .nets import ResShiftUNet, UNetConfig, VQAutoencoder, VQConfig
 from .pipeline import ResShiftLatent, ResShiftPipeline, random_seed
 from .planning import RunPlan

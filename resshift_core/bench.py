@@ -334,7 +334,8 @@ def build_pipeline(case: Case, paths: tuple[str, str], device, dtype, meta: bool
                    channels_last: bool = True):
     """The pipeline of a case from weight files, built like a host builds it (descriptors, ``from_loaded``);
     ``meta``: the same networks on the meta device (no data; ``paths`` are then configs)."""
-    from .models import descriptor_for, load_model
+    from .checkpoints import load_model
+    from .models import descriptor_for
     from .nets.unet import ResShiftUNet
     from .nets.vqgan import VQAutoencoder
     from .pipeline import ResShiftPipeline
@@ -714,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nAny [TAG-]SIZE[-tiled|-chopN] works too, e.g. 128, v1-256-tiled, bicsr-64.")
         return 0
 
-    from .models import load_model
+    from .checkpoints import load_model
     from .pipeline import parse_dtype
     from .releases import AUTOENCODERS, get_release
 

@@ -33,6 +33,7 @@ from .errors import (
     UnsafeCheckpointError,
     WrongModelKindError,
 )
+from .models import AUTOENCODER_KIND, UNET_KIND, CheckpointIdentity, ModelDescriptor
 from .nets.unet import ResShiftUNet, UNetConfig
 from .nets.vqgan import VQAutoencoder, VQConfig
 from .releases import RELEASES, Release, autoencoder_for_file_name, get_release, release_for_file_name
@@ -46,7 +47,6 @@ _WRAPPER_KEYS = ("state_dict", "params_ema", "ema", "model", "params", "net")
 _PREFIXES = ("module.", "_orig_mod.")
 # Swin buffers stored in some checkpoints: recomputed from the architecture, not learnt (not parameters).
 BUFFER_SUFFIXES = (".attn_mask", ".relative_position_index")
-UNET_KIND, AUTOENCODER_KIND = "unet", "autoencoder"
 
 
 @dataclass
@@ -373,48 +373,6 @@ def _metadata_is_latent(metadata: Mapping[str, str]) -> bool:
     return metadata.get(METADATA_PREFIX + "space", "latent") != "pixel"
 
 
-@dataclass(frozen=True)
-class CheckpointIdentity:
-    """What a checkpoint is, decided in one place (:func:`identify_checkpoint`).
-
-    Attributes:
-        kind: ``"unet"``, ``"autoencoder"``, or None for a file of neither kind.
-        config: the architecture inferred from tensor shapes (UNetConfig / VQConfig), None when unknown.
-        path: the file, or None for a state dict.
-        metadata: the safetensors metadata (empty for .pth files).
-        release: the release it belongs to (UNet), when known.
-        release_source: how the release was decided: ``"argument"``, ``"file metadata"`` or ``"file name"``.
-        schedule: its noise schedule (UNet), None when it cannot be known.
-        one_step: SinSR-style single network call.
-        scale: output / input size, when known without the autoencoder.
-        task: ``"sr"``, ``"inpaint"`` or ``"faceir"`` (UNet).
-        latent_space: False for a pixel-space UNet (no autoencoder); True otherwise.
-        autoencoder: for a UNet, the name of the autoencoder it needs (key of ``AUTOENCODERS``) when known; for an
-            autoencoder, its own name when known.
-        tile_size: the UNet tile its author recommends (latent pixels; files from our trainer: the training crop).
-        matches_release: for an identified UNet, whether its architecture is that of the release.
-    """
-
-    kind: str | None
-    config: UNetConfig | VQConfig | None
-    path: Path | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    release: Release | None = None
-    release_source: str | None = None
-    schedule: ScheduleParams | None = None
-    one_step: bool = False
-    scale: int | None = None
-    task: str | None = None
-    latent_space: bool = True
-    autoencoder: str | None = None
-    tile_size: int | None = None
-    matches_release: bool | None = None
-
-    @property
-    def name(self) -> str:
-        return self.path.name if self.path is not None else "state dict"
-
-
 def _infer_config(raw: RawCheckpoint, kind: str) -> UNetConfig | VQConfig:
     try:
         if kind == UNET_KIND:
@@ -511,13 +469,6 @@ def identify_checkpoint(source: str | os.PathLike | Mapping, *, release: str | R
     return identify_raw(as_raw_checkpoint(source, name), release)
 
 
-def _read_expecting(path: str | os.PathLike, wanted: str) -> RawCheckpoint:
-    """Read a file that should hold ``wanted`` ('unet' or 'autoencoder'); say so clearly when it holds the other."""
-    raw = read_checkpoint(path)
-    check_kind(raw, detect_kind(raw.tensors), wanted)
-    return raw
-
-
 def check_kind(raw: RawCheckpoint, kind: str | None, wanted: str | None) -> None:
     """Raise the clear error for a file of no known kind, or of the other kind than ``wanted``."""
     if kind is None:
@@ -526,14 +477,39 @@ def check_kind(raw: RawCheckpoint, kind: str | None, wanted: str | None) -> None
         raise WrongModelKindError(_wrong_kind_message(raw.path, kind, wanted), found=kind, expected=wanted)
 
 
-def load_unet(path: str | os.PathLike, release: str | Release | None = None):
+def load_model(source: str | os.PathLike | Mapping, *, expect: str | None = None,
+               release: str | Release | None = None, name: str | None = None) -> ModelDescriptor:
+    """Read, identify, build and load one network.
+
+    Args:
+        source: a file (``.safetensors``, or ``.pth`` read with ``weights_only``) or a state dict.
+        expect: ``"unet"`` or ``"autoencoder"``: a file of the other kind raises
+            :class:`~resshift_core.errors.WrongModelKindError` saying where it belongs.
+        release: the release of a UNet whose file does not say it (its schedule cannot be read from weights).
+        name: for a state dict, the file name it came from.
+    Raises:
+        CheckpointError subclasses: unreadable, unsafe, damaged, wrong kind or unknown files.
+    """
+    if expect not in (None, UNET_KIND, AUTOENCODER_KIND):
+        raise ValueError(f"expect must be 'unet', 'autoencoder' or None, got {expect!r}")
+    raw = as_raw_checkpoint(source, name)
+    check_kind(raw, detect_kind(raw.tensors), expect)
+    identity = identify_raw(raw, release)
+    network: torch.nn.Module
+    if identity.kind == UNET_KIND:
+        network = ResShiftUNet(identity.config)
+    else:
+        network = VQAutoencoder(identity.config)
+    load_into(network, raw.tensors, raw.path)
+    return ModelDescriptor(identity, network.eval().requires_grad_(False))
+
+
+def load_unet(path: str | os.PathLike, release: str | Release | None = None) -> ModelDescriptor:
     """Load a UNet file; returns its :class:`~resshift_core.models.ModelDescriptor` (``.model`` is the network).
 
     The schedule is ``None`` when it cannot be known (an unknown file without metadata); see
     :func:`resolve_schedule`.
     """
-    from .models import load_model
-
     return load_model(path, expect=UNET_KIND, release=release)
 
 
@@ -554,8 +530,6 @@ def size_matches(path: Path, config: UNetConfig | VQConfig) -> bool:
 
 def load_autoencoder(path: str | os.PathLike) -> VQAutoencoder:
     """Load a VQ autoencoder file; returns the network (raises WrongModelKindError for a UNet file)."""
-    from .models import load_model
-
     return load_model(path, expect=AUTOENCODER_KIND).network
 
 

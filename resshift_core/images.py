@@ -12,15 +12,6 @@ import torch
 from .errors import InputImageError
 
 
-def pil_to_tensor(image) -> torch.Tensor:
-    """PIL image -> (1, 3, H, W) float32 in [0, 1] by the rules of :mod:`resshift_core.imageio` (EXIF orientation
-    applied, grayscale and palette images become RGB, 16-bit grayscale keeps its precision); alpha is dropped."""
-    from .imageio import DecodedImage
-
-    rgb = DecodedImage.from_pil(image).rgb
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0)
-
-
 def tensor_to_pil(images: torch.Tensor) -> list:
     """(B, 3, H, W) in [0, 1] -> list of 8-bit RGB PIL images (rounded, as the official writer)."""
     from PIL import Image
@@ -109,3 +100,32 @@ def as_image_batch(images, min_value_slack: float = 1e-3) -> torch.Tensor:
         raise InputImageError(f"expected values in [0, 1], got [{low:.3g}, {high:.3g}]"
                               + ("; divide 0-255 images by 255" if high > 2 else ""))
     return batch.clamp(0, 1)
+
+
+def prepare_mask(mask, batch: torch.Tensor, *, needs_mask: bool) -> torch.Tensor | None:
+    """An inpainting mask for ``batch`` (B, 3, H, W): (B, 1, H, W) or (1, 1, H, W) (one for the batch) or (B, H, W)
+    float in [0, 1], 1 = fill, or images -> (B, 1, H, W) in [-1, 1] on the batch's device; None for a model that
+    takes no mask.
+
+    Raises:
+        InputImageError: a mask for a model without one, none for an inpainting model, or a shape that does not
+            match the images.
+    """
+    if not needs_mask:
+        if mask is not None:
+            raise InputImageError("this model takes no mask; masks are for the inpainting releases")
+        return None
+    if mask is None:
+        raise InputImageError("this is an inpainting model: pass a mask (B, 1, H, W) in [0, 1], 1 = fill, as "
+                              "{arg:mask}")
+    if not isinstance(mask, torch.Tensor):
+        mask = as_image_batch(mask)[:, :1]
+    mask = mask.float().to(batch.device)
+    if mask.dim() == 3:
+        mask = mask.unsqueeze(1)
+    if mask.shape[0] == 1 and batch.shape[0] > 1:
+        mask = mask.expand(batch.shape[0], -1, -1, -1)
+    if mask.shape[1] != 1 or mask.shape[-2:] != batch.shape[-2:] or mask.shape[0] != batch.shape[0]:
+        raise InputImageError(f"the mask must be (B, 1, H, W) matching the image {tuple(batch.shape)}, "
+                              f"got {tuple(mask.shape)}")
+    return mask * 2.0 - 1.0

@@ -145,7 +145,7 @@ class MemoryProbe:
 def weight_bytes(network: nn.Module, dtype: torch.dtype | str | None = None) -> int:
     """Bytes of a network's parameters and buffers on a device in ``dtype`` (None: as they are). Floating tensors
     take ``dtype``; the VQ codebook stays float32 (see :class:`~resshift_core.nets.vqgan.VectorQuantizer`)."""
-    from .pipeline import parse_dtype
+    from .runtime import parse_dtype
 
     target = parse_dtype(dtype) if dtype is not None else None
     keep_float32 = {id(p) for m in network.modules() if getattr(m, "keeps_float32", False)
@@ -199,7 +199,7 @@ def estimate_network_memory(descriptor, height: int, width: int, dtype=None, til
     """Weights plus the largest working memory of one network's calls on a ``height`` x ``width`` image: the LR
     input for a UNet, the (up-sampled) image it encodes for an autoencoder. Tiles as ``tiles`` (default: the
     device's); the tensors of the rest of the run are not counted (ask the pipeline for a whole run)."""
-    from .pipeline import parse_dtype
+    from .runtime import parse_dtype
     from .planning import padded_side
     from .tiling import plan_tiles
 
@@ -283,6 +283,38 @@ def trace_run(run: Callable[[], object], probe_cache: dict, device: torch.device
     finally:
         install(None)
     return peak_of(tracker, device)
+
+
+class _MetaNoise:
+    """Noise for a traced run on meta tensors: shapes only."""
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.empty(like.shape, dtype=torch.float32, device=like.device)
+
+
+def run_working_memory(stages, plan, dtype: torch.dtype, probe_cache: dict) -> int:
+    """Peak bytes of a planned run beyond the weights: the stages of a pipeline
+    (:class:`~resshift_core.stages.PipelineStages`) run on meta copies of its networks, traced.
+
+    Args:
+        stages: the pipeline whose run is estimated. plan: the run (:class:`~resshift_core.planning.RunPlan`).
+        probe_cache: the pipeline's cache of traced network calls (per input shape).
+    """
+    unet = meta_copy(stages.unet, dtype, stages.channels_last)
+    autoencoder = meta_copy(stages.autoencoder, dtype, stages.channels_last) if stages.latent_space else None
+    meta = stages.on_meta(dtype, unet, autoencoder)
+    lr_m11 = torch.empty(plan.batch, 3, plan.height, plan.width, device="meta")
+    mask = torch.empty(plan.batch, 1, plan.height, plan.width, device="meta") if unet.config.cond_mask else None
+
+    def run():
+        latent = meta._encode_stage(lr_m11, mask, lr_m11, plan, None, None)
+        latent = meta._sample_stage(latent, _MetaNoise(), None, None, None)
+        meta._decode_stage(latent, None, None, mask_back=True)
+
+    def install(probe):
+        meta._probe = probe
+
+    return trace_run(run, probe_cache, stages.device, install)
 
 
 def describe_bytes(count: int) -> str:

@@ -5,34 +5,73 @@
     pipe = ResShiftPipeline.from_loaded(unet, vae, device="cuda", dtype="fp16")
     unet.estimate_memory(512, 512, torch.float16)                       # bytes for its part of a 512 px run
 
-A host that already holds a state dict (ComfyUI's loaders, a training run) passes the dict instead of a path, with
-``name=`` the file name it came from so that official files are still recognised.
+The loaders (:func:`~resshift_core.checkpoints.load_model`) live with the file reading they are made of; this
+module holds what they return. A host that already holds a state dict (ComfyUI's loaders, a training run) passes
+the dict instead of a path, with ``name=`` the file name it came from so that official files are still recognised.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .checkpoints import (
-    AUTOENCODER_KIND,
-    UNET_KIND,
-    CheckpointIdentity,
-    as_raw_checkpoint,
-    check_kind,
-    detect_kind,
-    identify_raw,
-    load_into,
-)
+from .memory import estimate_network_memory, weight_bytes
 from .nets.unet import ResShiftUNet, UNetConfig
-from .nets.vqgan import VQAutoencoder
+from .nets.vqgan import VQAutoencoder, VQConfig
 from .releases import Release
+from .runtime import choose_dtype
+from .schedule import ScheduleParams
 from .tiling import TileSettings
+
+UNET_KIND, AUTOENCODER_KIND = "unet", "autoencoder"
+
+
+@dataclass(frozen=True)
+class CheckpointIdentity:
+    """What a checkpoint is, decided in one place (:func:`~resshift_core.checkpoints.identify_checkpoint`).
+
+    Attributes:
+        kind: ``"unet"``, ``"autoencoder"``, or None for a file of neither kind.
+        config: the architecture inferred from tensor shapes (UNetConfig / VQConfig), None when unknown.
+        path: the file, or None for a state dict.
+        metadata: the safetensors metadata (empty for .pth files).
+        release: the release it belongs to (UNet), when known.
+        release_source: how the release was decided: ``"argument"``, ``"file metadata"`` or ``"file name"``.
+        schedule: its noise schedule (UNet), None when it cannot be known.
+        one_step: SinSR-style single network call.
+        scale: output / input size, when known without the autoencoder.
+        task: ``"sr"``, ``"inpaint"`` or ``"faceir"`` (UNet).
+        latent_space: False for a pixel-space UNet (no autoencoder); True otherwise.
+        autoencoder: for a UNet, the name of the autoencoder it needs (key of ``AUTOENCODERS``) when known; for an
+            autoencoder, its own name when known.
+        tile_size: the UNet tile its author recommends (latent pixels; files from our trainer: the training crop).
+        matches_release: for an identified UNet, whether its architecture is that of the release.
+    """
+
+    kind: str | None
+    config: UNetConfig | VQConfig | None
+    path: Path | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    release: Release | None = None
+    release_source: str | None = None
+    schedule: ScheduleParams | None = None
+    one_step: bool = False
+    scale: int | None = None
+    task: str | None = None
+    latent_space: bool = True
+    autoencoder: str | None = None
+    tile_size: int | None = None
+    matches_release: bool | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.path is not None else "state dict"
+
+
 
 #: Precisions every network of the family runs in (normalisation statistics and codebook search stay float32).
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -110,17 +149,13 @@ class ModelDescriptor:
 
     def weight_bytes(self, dtype: torch.dtype | str | None = None) -> int:
         """Bytes of the weights on the device in ``dtype`` (the codebook stays float32; buffers as they are)."""
-        from .memory import weight_bytes
-
         return weight_bytes(self.network, dtype)
 
     def preferred_dtype(self, device: str | torch.device = "cpu", allow_half: bool = True) -> torch.dtype:
-        """The precision to run in on ``device``: float16 on CUDA (as the official code runs), float32 elsewhere or
-        when the host forbids half precision (the WebUI's --no-half)."""
-        from .pipeline import parse_dtype
-        from .runtime import default_dtype
-
-        return parse_dtype(default_dtype(str(device)) if allow_half else "fp32")
+        """The precision to run in on ``device`` (:func:`~resshift_core.runtime.choose_dtype`): float16 on CUDA (as
+        the official code runs), float32 elsewhere or when the host forbids half precision (the WebUI's
+        --no-half)."""
+        return choose_dtype(device, allow_half=allow_half)
 
     def preferred_tiles(self, device: str | torch.device = "cpu") -> TileSettings:
         """The tile settings this model runs with by default on ``device`` (sizes in latent pixels)."""
@@ -142,36 +177,7 @@ class ModelDescriptor:
         (input pixels): its weights plus the peak of its working memory (tiles as ``tiles``, default the
         device's). For a whole run (both networks and the tensors between them) ask the pipeline
         (:meth:`ResShiftPipeline.estimate_memory`)."""
-        from .memory import estimate_network_memory
-
         return estimate_network_memory(self, height, width, dtype, tiles, batch=batch, device=torch.device(device))
-
-
-def load_model(source: str | os.PathLike | Mapping, *, expect: str | None = None,
-               release: str | Release | None = None, name: str | None = None) -> ModelDescriptor:
-    """Read, identify, build and load one network.
-
-    Args:
-        source: a file (``.safetensors``, or ``.pth`` read with ``weights_only``) or a state dict.
-        expect: ``"unet"`` or ``"autoencoder"``: a file of the other kind raises
-            :class:`~resshift_core.errors.WrongModelKindError` saying where it belongs.
-        release: the release of a UNet whose file does not say it (its schedule cannot be read from weights).
-        name: for a state dict, the file name it came from.
-    Raises:
-        CheckpointError subclasses: unreadable, unsafe, damaged, wrong kind or unknown files.
-    """
-    if expect not in (None, UNET_KIND, AUTOENCODER_KIND):
-        raise ValueError(f"expect must be 'unet', 'autoencoder' or None, got {expect!r}")
-    raw = as_raw_checkpoint(source, name)
-    check_kind(raw, detect_kind(raw.tensors), expect)
-    identity = identify_raw(raw, release)
-    network: nn.Module
-    if identity.kind == UNET_KIND:
-        network = ResShiftUNet(identity.config)
-    else:
-        network = VQAutoencoder(identity.config)
-    load_into(network, raw.tensors, raw.path)
-    return ModelDescriptor(identity, network.eval().requires_grad_(False))
 
 
 def descriptor_for(network: nn.Module, *, release: Release | None = None, schedule=None, scale: int | None = None,
@@ -192,4 +198,5 @@ def descriptor_for(network: nn.Module, *, release: Release | None = None, schedu
     return ModelDescriptor(identity, network)
 
 
-__all__ = ["SUPPORTED_DTYPES", "ModelDescriptor", "UNetConfig", "descriptor_for", "load_model"]
+__all__ = ["AUTOENCODER_KIND", "SUPPORTED_DTYPES", "UNET_KIND", "CheckpointIdentity", "ModelDescriptor", "UNetConfig",
+           "descriptor_for"]

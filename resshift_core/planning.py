@@ -8,7 +8,9 @@ convolutions and windowed attention grow with the area, the autoencoder's global
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,8 +18,12 @@ import torch
 
 from .tiling import TilePlan, TileSettings, plan_tiles
 
+logger = logging.getLogger(__name__)
+
 #: "auto" keeps the untiled (official) computation while it costs at most this much more than the tiled one.
 AUTO_COST_LIMIT = 1.5
+#: Share of the memory available before a run that "auto" lets an untiled run use.
+AUTO_MEMORY_SHARE = 0.75
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,31 @@ def make_plan(*, height: int, width: int, batch: int, scale: int, padding_multip
                    one_step, latent_space, unet_tiles, vae_tiles, tiles)
 
 
+def choose_auto_plan(make: Callable[[bool, bool], RunPlan], *, model_tile_size: int | None, latent_space: bool,
+                     cost: Callable[[RunPlan], float], fits: Callable[[RunPlan], bool]) -> RunPlan:
+    """What "auto" runs: the first of these plans that ``fits`` in memory and, when its autoencoder runs untiled,
+    costs at most :data:`AUTO_COST_LIMIT` times the fully tiled plan: untiled (the official computation); the UNet
+    untiled and the autoencoder tiled; both tiled. A model that asks for its own tile always runs its UNet in tiles
+    of that size.
+
+    Args:
+        make: ``make(tile_unet, tile_vae)`` -> the plan with those networks cut (one tile where the image fits).
+    """
+    fully_tiled = make(True, True)
+    if fully_tiled.is_official:  # one tile each: nothing to decide
+        return make(False, False)
+    choices = [(False, False), (False, True)] if model_tile_size is None else [(True, False)]
+    for tile_unet, tile_vae in choices:
+        candidate = make(tile_unet, tile_vae)
+        if latent_space and not tile_vae and cost(candidate) > AUTO_COST_LIMIT * cost(fully_tiled):
+            continue
+        if fits(candidate):
+            return candidate
+    logger.info("%dx%d px: %s (the untiled run would not fit in memory or cost more than %.1fx)",
+                fully_tiled.width, fully_tiled.height, fully_tiled.describe(), AUTO_COST_LIMIT)
+    return fully_tiled
+
+
 # ----------------------------------------------------------------------------------------------------- costs
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_val=None, **kwargs) -> int:
     """Q K^T and P V of scaled_dot_product_attention (FlopCounterMode has no formula for the fused kernels)."""
@@ -171,7 +202,8 @@ def _area_cost_terms(kind: str, config, latent_multiple: int, factor: int) -> tu
     return flops1 / area1 - quadratic * area1, quadratic
 
 
-def plan_cost(plan: RunPlan, unet_config, vq_config=None, latent_factor: int = 4) -> float:
+def plan_cost(plan: RunPlan, unet_config, vq_config=None, latent_factor: int = 4, *, device=None,
+              dtype=None) -> float:
     """Relative work of a plan (FLOPs of every network call, batch included), to compare plans of one image."""
     def tiles_cost(tile_plan, height, width, terms) -> float:
         a, b = terms

@@ -17,6 +17,10 @@ import ctypes.util
 import logging
 import os
 import platform
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +95,83 @@ def resolve_device(requested: str | None = "auto", local_rank: int | None = None
     return requested
 
 
+# ----------------------------------------------------------------------------------------------- precision
+#: The names a user may give for a precision, and what each means.
+DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
+               "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+#: The choices a front-end offers (besides "auto").
+DTYPE_CHOICES = ("fp32", "fp16", "bf16")
+
+
+def parse_dtype(dtype) -> torch.dtype:
+    """"fp32" | "fp16" | "bf16" (or their long names, or a torch dtype) -> torch dtype; None is float32.
+
+    Raises:
+        InvalidArgumentError: any other value (a precision the networks do not run in).
+    """
+    import torch
+
+    from .errors import InvalidArgumentError
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise InvalidArgumentError("dtype", str(dtype), "float32, float16 or bfloat16")
+        return dtype
+    name = DTYPE_NAMES.get(str(dtype).strip().lower())
+    if name is None:
+        raise InvalidArgumentError("dtype", dtype, "one of fp32, fp16, bf16")
+    return getattr(torch, name)
+
+
 def default_dtype(device: str) -> str:
     """fp16 on CUDA (as the official code runs), fp32 elsewhere."""
     return "fp16" if str(device).startswith("cuda") else "fp32"
+
+
+def device_supports_bf16(device) -> bool:
+    """Whether bf16 runs natively on ``device``: a CUDA card of compute capability 8.0 or newer (Ampere on), or a CPU
+    with native bf16 (:func:`cpu_has_native_bf16`). Elsewhere it is emulated: slower than fp32, or refused."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return cpu_has_native_bf16()
+    return False
+
+
+def choose_dtype(device, requested=None, *, host_dtype=None, allow_half: bool = True,
+                 upcast: bool = False) -> torch.dtype:
+    """The one rule for the precision a run uses on ``device``.
+
+    Args:
+        requested: what the user asked for: None / "auto" leave the choice to the host and the device; anything
+            else is parsed (:func:`parse_dtype`) and used as it is.
+        host_dtype: the host's own choice for "auto" (ComfyUI's ``unet_dtype``), used when it is a precision the
+            networks run in; otherwise the device default applies.
+        allow_half: False when the host forbids half precision (the WebUI's ``--no-half``): "auto" gives float32.
+        upcast: the host asks to sample in float32 while keeping half weights elsewhere (the WebUI's
+            ``--upcast-sampling``): "auto" gives float32, as the networks here have no separate sampling dtype.
+    Returns:
+        torch.float32, torch.float16 or torch.bfloat16. "auto" is float16 on CUDA (as the official code runs),
+        float32 elsewhere.
+    """
+    import torch
+
+    if requested is not None and str(requested).strip().lower() not in ("auto", "automatic", ""):
+        return parse_dtype(requested)
+    if not allow_half or upcast:
+        return torch.float32
+    if host_dtype is not None:
+        try:
+            return parse_dtype(host_dtype)
+        except ValueError:  # e.g. ComfyUI's fp8 weights: not a precision ResShift runs in
+            logger.info("the host's precision %s is not one ResShift runs in; using the device default",
+                        host_dtype)
+    return parse_dtype(default_dtype(str(torch.device(device))))
 
 
 def cpu_has_native_bf16() -> bool:

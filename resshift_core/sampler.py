@@ -75,9 +75,41 @@ ProgressCallback = Callable[[StepProgress], None]
 CancelCheck = Callable[[], bool]
 
 
+#: Seeds are whole numbers from 0 to this (what torch.Generator.manual_seed takes; ComfyUI's seed widget range).
+MAX_SEED = 2 ** 64 - 1
+
+
+def check_seed(seed) -> int:
+    """A seed as given by a user (int, or a float / text holding a whole number) -> int in [0, :data:`MAX_SEED`].
+
+    Raises:
+        InvalidArgumentError: anything else.
+    """
+    from .errors import InvalidArgumentError
+
+    try:
+        value = int(seed)
+        whole = not isinstance(seed, bool) and float(seed) == value
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or not 0 <= value <= MAX_SEED:
+        raise InvalidArgumentError("seed", seed, f"a whole number from 0 to {MAX_SEED}")
+    return value
+
+
+def random_seed() -> int:
+    """A fresh seed in [0, 2^31 - 1) (what a run without seed uses; hosts that show seeds draw theirs here)."""
+    return int(torch.randint(0, 2 ** 31 - 1, (1,)).item())
+
+
 class NoiseSource:
     """Standard-normal draws for a run: from a generator (default: CPU, so a seed gives the same image on every
-    device) or replayed from a list of recorded tensors."""
+    device) or replayed from a list of recorded tensors.
+
+    One seed, one picture: every image of a batch gets the draw a batch of one would get (one field of shape
+    (1, C, h, w), shared), so an image's result does not depend on the batch it is in or its place there; twin frames
+    come out alike and the frames of a video share one noise field. Replayed noise is used as recorded.
+    """
 
     def __init__(self, generator: torch.Generator | None = None, replay: Iterable[torch.Tensor] | None = None):
         self.generator = generator
@@ -107,8 +139,9 @@ class NoiseSource:
                                  f"expected {tuple(like.shape)}")
             return value.to(device=like.device, dtype=torch.float32)
         gen_device = self.generator.device if self.generator is not None else torch.device("cpu")
-        value = torch.randn(like.shape, generator=self.generator, device=gen_device, dtype=torch.float32)
-        return value.to(like.device)
+        field = torch.randn((1,) + tuple(like.shape[1:]), generator=self.generator, device=gen_device,
+                            dtype=torch.float32)
+        return field.to(like.device).expand(like.shape)
 
 
 def check_cancel(cancel: CancelCheck | None) -> None:
@@ -118,8 +151,7 @@ def check_cancel(cancel: CancelCheck | None) -> None:
 
 def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: torch.Tensor, schedule: Schedule,
            noise: NoiseSource, *, one_step: bool = False, callback: ProgressCallback | None = None,
-           cancel: CancelCheck | None = None, trace: dict | None = None, tile: int = 1,
-           total_tiles: int = 1) -> torch.Tensor:
+           cancel: CancelCheck | None = None, trace: dict | None = None) -> torch.Tensor:
     """Run the chain from the LR latent to the predicted HR latent.
 
     Args:
@@ -156,8 +188,7 @@ def sample(denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y: tor
                           prefix + "mean": mean, prefix + "sample": x_next})
         x = x_next
         if callback is not None:
-            callback(StepProgress(number + 1, len(steps), "denoise", number + 1, len(steps), t, x, x0_pred, tile,
-                                  total_tiles))
+            callback(StepProgress(number + 1, len(steps), "denoise", number + 1, len(steps), t, x, x0_pred))
     if trace is not None:
         trace["z_0"] = x
     return x

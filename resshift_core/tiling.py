@@ -53,6 +53,38 @@ class TileSettings:
         settings.validate()
         return settings
 
+    @classmethod
+    def resolve(cls, device: torch.device | str = "cpu", *, tiling: str | None = None, tile_size: int | None = None,
+                tile_overlap: int | None = None, vae_tile_size: int | None = None,
+                tile_batch_size: int | None = None, model_tile_size: int | None = None,
+                latent_multiple: int | None = None) -> TileSettings:
+        """The one place a user's tiling choices become settings, validated.
+
+        Every front-end passes its values here as they are; 0, None and a negative overlap all mean "not given":
+        the model's own tile (``model_tile_size``, a model trained on crops) or the device's default. A tile smaller
+        than the default keeps a proportionate default overlap (a quarter of the tile at most). ``tiling`` None
+        means "auto", or "latent" when a tile size is given or the model asks for its own tile.
+
+        Raises:
+            InvalidArgumentError: a value outside its range (see :func:`tile_size_range`).
+        """
+        tile_size = tile_size or None
+        vae_tile_size = vae_tile_size or None
+        tile_overlap = None if tile_overlap is None or tile_overlap < 0 else tile_overlap
+        tiling = (tiling or "").strip().lower() or None
+        if tiling is None:
+            tiling = "latent" if tile_size or vae_tile_size or model_tile_size else "auto"
+        tile_size = tile_size or model_tile_size
+        defaults = cls.for_device(torch.device(device))
+        if tile_overlap is None and tile_size:
+            tile_overlap = min(defaults.overlap, tile_size // 4)
+        vae_overlap = min(defaults.vae_overlap, vae_tile_size // 4) if vae_tile_size else None
+        settings = cls.for_device(torch.device(device), mode=tiling, tile_size=tile_size, overlap=tile_overlap,
+                                  vae_tile_size=vae_tile_size, vae_overlap=vae_overlap, batch_size=tile_batch_size)
+        if latent_multiple is not None:
+            settings.check_for(latent_multiple)
+        return settings
+
     def validate(self) -> None:
         """Raise :class:`InvalidArgumentError` for a setting outside its range (before anything is loaded)."""
         if self.mode not in TILING_MODES:
@@ -86,6 +118,26 @@ class TileSettings:
             return None
         return replace(self, tile_size=tile, overlap=min(self.overlap, tile // 4), vae_tile_size=vae_tile,
                        vae_overlap=min(self.vae_overlap, vae_tile // 4))
+
+
+def tile_size_range(latent_multiple: int) -> tuple[int, int]:
+    """(minimum, step) of the UNet tile sizes a model of this latent multiple takes, in latent pixels: what a
+    front-end's slider offers (plus 0 = the default)."""
+    return latent_multiple, latent_multiple
+
+
+def chop_starts(length: int, chop_size: int, stride: int) -> list[int]:
+    """Patch starts along one axis, as the official ``ImageSpliterTh``: 0, stride, ... with overrunning starts moved
+    to length - chop_size and duplicates dropped; an axis not longer than chop_size has the single start 0."""
+    if length <= chop_size:
+        return [0]
+    starts = [min(s, length - chop_size) for s in range(0, length, stride)]
+    return list(dict.fromkeys(starts))
+
+
+def default_chop_stride(chop_size: int) -> int:
+    """The official patch-wise mode's stride when none is given: patches overlap by an eighth."""
+    return chop_size - chop_size // 8
 
 
 def validate_chop(chop_size: int | None, chop_stride: int | None) -> None:

@@ -53,11 +53,11 @@ def test_cuda_tile_batches_and_channels_last_agree_with_the_plain_run():
     image = torch.rand(2, 3, 80, 96)
     plain = rc.ResShiftPipeline.from_files(UNET, AUTOENCODER, release=SR_RELEASE, device="cuda").to(
         channels_last=False)
-    reference = plain.upscale(image.cuda(), seed=4, tiling="latent", tile_size=32, tile_overlap=8, vae_tile_size=32,
-                              tile_batch_size=1)
+    reference = plain.upscale(image.cuda(), seed=4, tiles=plain.tiles("latent", tile_size=32, tile_overlap=8,
+                                                                           vae_tile_size=32, tile_batch_size=1))
     fast = rc.ResShiftPipeline.from_files(UNET, AUTOENCODER, release=SR_RELEASE, device="cuda")
-    batched = fast.upscale(image.cuda(), seed=4, tiling="latent", tile_size=32, tile_overlap=8, vae_tile_size=32,
-                           tile_batch_size=4)
+    batched = fast.upscale(image.cuda(), seed=4, tiles=fast.tiles("latent", tile_size=32, tile_overlap=8,
+                                                                       vae_tile_size=32, tile_batch_size=4))
     assert fast.last_plan.unet_tile_count > 4
     # measured 33.4 dB on an H200: TF32 convolutions of other shapes round differently, and the random fixture
     # weights amplify it along the chain; a wrong tile order or blend would give under 15 dB
@@ -121,10 +121,10 @@ def test_cuda_memory_estimate_matches_the_allocator_within_a_quarter(full_size_f
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
-    pipe.upscale(image, seed=0, tiling=tiling, one_step=True)
+    pipe.upscale(image, seed=0, tiles=tiling, one_step=True)
     torch.cuda.synchronize()
     measured = torch.cuda.max_memory_allocated() - before
-    estimated = pipe.working_memory(size, size, tiling=tiling, one_step=True)
+    estimated = pipe.working_memory(size, size, tiles=tiling, one_step=True)
     print(f"\nmemory {size} px {tiling}: {pipe.last_plan.describe()}; measured {measured / 2 ** 20:.0f} MiB, "
           f"estimated {estimated / 2 ** 20:.0f} MiB ({estimated / measured:.2f}x)")
     assert 0.75 * measured <= estimated <= 1.25 * measured

@@ -94,14 +94,14 @@ def test_channels_last_pipeline_matches_nchw_and_stays_channels_last():
     hooks = [m.register_forward_hook(watch) for net in (pipe.unet, pipe.autoencoder)
              for m in net.modules() if isinstance(m, watched) and not (isinstance(m, torch.nn.Conv2d)
                                                                        and m.out_channels == 1)]
-    fast = pipe.upscale(image, seed=5, tiling="off")
+    fast = pipe.upscale(image, seed=5, tiles="off")
     for hook in hooks:
         hook.remove()
     assert not dropped, f"these layers gave NCHW maps in a channels-last run: {sorted(set(dropped))}"
 
     pipe.to(channels_last=False)
     assert pipe.unet.out[2].weight.is_contiguous()
-    plain = pipe.upscale(image, seed=5, tiling="off")
+    plain = pipe.upscale(image, seed=5, tiles="off")
     torch.testing.assert_close(fast, plain, atol=2e-4, rtol=0)
 
 
@@ -166,11 +166,11 @@ def test_networks_trace_as_one_graph_and_compiled_runs_match_eager():
             assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
     image = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(1))
-    eager = pipe.upscale(image, seed=3, tiling="off")
+    eager = pipe.upscale(image, seed=3, tiles="off")
     torch._dynamo.reset()
     pipe.compile(backend="aot_eager")  # traced and run through autograd's graph, no C++ compiler needed
     try:
-        compiled = pipe.upscale(image, seed=3, tiling="off")
+        compiled = pipe.upscale(image, seed=3, tiles="off")
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)

@@ -80,7 +80,8 @@ def test_from_loaded_refuses_swapped_or_missing_networks(unet, vae):
 
 # ------------------------------------------------------------------------------------------------ progress
 @pytest.mark.parametrize("options", [
-    {"tiling": "off"}, {}, {"tiling": "latent", "tile_size": 16, "tile_overlap": 4, "vae_tile_size": 16},
+    {"tiles": "off"}, {}, {"tiles": rc.TileSettings(mode="latent", tile_size=16, overlap=4, vae_tile_size=16,
+                                                    vae_overlap=4)},
     {"chop_size": 24, "chop_stride": 16},
 ], ids=["off", "auto", "latent", "chop"])
 def test_progress_counts_are_monotone_to_the_total_in_every_tiling_mode(pipe, options):
@@ -206,7 +207,7 @@ def test_the_default_is_the_official_untiled_computation_for_typical_sizes(pipe,
     image = torch.rand(1, 3, *size)
     default = pipe.upscale(image, seed=3)
     assert pipe.last_plan.is_official
-    assert torch.equal(default, pipe.upscale(image, seed=3, tiling="off"))
+    assert torch.equal(default, pipe.upscale(image, seed=3, tiles="off"))
     record = pipe.last_plan.metadata()
     assert json.loads(json.dumps(record))["tiling"] == "off"
 
@@ -255,7 +256,7 @@ def test_out_of_memory_retries_keep_progress_monotone_and_cover_the_split_stages
         return original(self, x_in, t, lq_features)
 
     image = torch.rand(1, 3, 64, 64)
-    reference = pipe.upscale(image, seed=4, tiling="latent", tile_size=32, tile_overlap=8, vae_tile_size=32)
+    reference = pipe.upscale(image, seed=4, tiles=pipe.tiles("latent", tile_size=32, tile_overlap=8, vae_tile_size=32))
     monkeypatch.setattr(type(pipe), "_run_unet", fail_on_large_tiles)
     events = []
     retried = pipe.upscale(image, seed=4, callback=events.append)  # untiled first: fails, then tiles of 32

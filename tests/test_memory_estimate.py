@@ -33,7 +33,7 @@ release = rc.get_release("realsr-v3")
 torch.manual_seed(0)
 unet, vae = ResShiftUNet(release.unet), VQAutoencoder(rc.AUTOENCODERS["vq-f4"].config)
 pipe = rc.ResShiftPipeline.from_loaded(descriptor_for(unet, release=release), descriptor_for(vae))
-options = {"tiling": tiling, "one_step": True}
+options = {"tiles": tiling, "one_step": True}
 estimated = pipe.working_memory(size, size, **options)
 image = torch.rand(1, 3, size, size)
 gc.collect()

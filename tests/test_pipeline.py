@@ -166,7 +166,7 @@ def test_a_pipeline_built_inside_inference_mode_runs_and_matches(pipe):
         inside = ResShiftPipeline.from_files(FIXTURE / "unet.safetensors", FIXTURE / "vae.safetensors",
                                              release="realsr-v3")
         assert next(inside.unet.parameters()).is_inference()
-        out = inside.upscale(image, seed=4, tiling="off")
-        again = inside.upscale(image, seed=4, tiling="off")
-    torch.testing.assert_close(out, pipe.upscale(image, seed=4, tiling="off"), atol=1e-5, rtol=0)
+        out = inside.upscale(image, seed=4, tiles="off")
+        again = inside.upscale(image, seed=4, tiles="off")
+    torch.testing.assert_close(out, pipe.upscale(image, seed=4, tiles="off"), atol=1e-5, rtol=0)
     torch.testing.assert_close(again, out, atol=0, rtol=0)

@@ -73,8 +73,8 @@ def test_blend_weights_are_positive_everywhere_and_zero_at_inner_tile_edges():
 
 
 def test_one_tile_is_exactly_the_untiled_computation(pipe, photo):
-    untiled = pipe.upscale(photo[..., :40, :56], seed=3, tiling="off")
-    one_tile = pipe.upscale(photo[..., :40, :56], seed=3, tiling="latent", tile_size=512, vae_tile_size=512)
+    untiled = pipe.upscale(photo[..., :40, :56], seed=3, tiles="off")
+    one_tile = pipe.upscale(photo[..., :40, :56], seed=3, tiles=pipe.tiles("latent", tile_size=512, vae_tile_size=512))
     assert torch.equal(untiled, one_tile)
     auto_small = pipe.upscale(photo[..., :40, :56], seed=3)  # fits one tile: untouched by "auto"
     assert torch.equal(untiled, auto_small)
@@ -108,9 +108,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_tiled_output_agrees_with_untiled_and_shows_no_seams(pipe, photo):
-    untiled = pipe.upscale(photo, seed=5, tiling="off")
+    untiled = pipe.upscale(photo, seed=5, tiles="off")
     tile, overlap, vae_tile = 48, 16, 32
-    tiled = pipe.upscale(photo, seed=5, tile_size=tile, tile_overlap=overlap, vae_tile_size=vae_tile)
+    tiled = pipe.upscale(photo, seed=5, tiles=pipe.tiles(tile_size=tile, tile_overlap=overlap, vae_tile_size=vae_tile))
     # The fixture networks have random weights, so their output is dominated by the noise (two seeds differ as much
     # as tiled and untiled do); the bar is therefore a regression guard, while the seam check is the real test.
     assert psnr(tiled, untiled) > 14.0
@@ -129,7 +129,7 @@ def test_tiled_output_agrees_with_untiled_and_shows_no_seams(pipe, photo):
 
 def test_tiled_run_reports_progress_per_tile_and_can_be_cancelled(pipe, photo):
     events = []
-    pipe.upscale(photo[..., :64, :64], seed=1, tile_size=32, tile_overlap=16, vae_tile_size=32,
+    pipe.upscale(photo[..., :64, :64], seed=1, tiles=pipe.tiles(tile_size=32, tile_overlap=16, vae_tile_size=32),
                  callback=events.append)
     plan = pipe.last_plan
     steps, tiles, vae_tiles = pipe.schedule.num_steps, plan.unet_tile_count, plan.vae_tile_count
@@ -148,7 +148,7 @@ def test_tiled_run_reports_progress_per_tile_and_can_be_cancelled(pipe, photo):
         return len(calls) > 3
 
     with pytest.raises(CancelledError):
-        pipe.upscale(photo[..., :64, :64], seed=1, tile_size=32, tile_overlap=16, cancel=cancel)
+        pipe.upscale(photo[..., :64, :64], seed=1, tiles=pipe.tiles(tile_size=32, tile_overlap=16), cancel=cancel)
 
 
 def test_out_of_memory_is_retried_with_smaller_tiles_and_the_same_noise(pipe, photo, monkeypatch):
@@ -168,7 +168,7 @@ def test_out_of_memory_is_retried_with_smaller_tiles_and_the_same_noise(pipe, ph
         return original(self, x_in, t, lq_features)
 
     monkeypatch.setattr(type(pipe), "_run_unet", fail_on_large_tiles)
-    retried = pipe.upscale(image, seed=2, tile_size=64, tile_overlap=16, vae_tile_size=32)
+    retried = pipe.upscale(image, seed=2, tiles=pipe.tiles(tile_size=64, tile_overlap=16, vae_tile_size=32))
     assert tile_sides[0] == 64 and tile_sides[-1] == 32
     torch.testing.assert_close(retried, reference)  # the retry replays the same noise from the seed
     # not an allocation failure: raised as it is

@@ -107,7 +107,7 @@ def main() -> None:
             return (out.clamp(-1, 1) * 0.5 + 0.5).float()
 
         def our_run():
-            return ours.upscale(image, noise=draws, tiling="off")
+            return ours.upscale(image, noise=draws, tiles="off")
 
         record = {"size": size, "amp": amp, "ours_dtype": options.ours_dtype}
         for name, run in (("official", official_run), ("ours", our_run)):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..checkpoints import AUTOENCODER_KIND, UNET_KIND, check_kind, save_autoencoder, save_unet
 from ..imageio import temporary_beside
-from ..models import load_model
+from ..checkpoints import load_model
 from ..releases import RELEASES
 from .common import EXIT_FAILED, EXIT_OK, UsageError, release_named
 

@@ -169,7 +169,7 @@ def load_pipeline(args, device: str, dtype: str, show_progress: bool):
     that must be downloaded and cannot be is named in one error."""
     from ..checkpoints import resolve_schedule
     from ..hub import fetch_files
-    from ..models import load_model
+    from ..checkpoints import load_model
     from ..pipeline import ResShiftPipeline
 
     download = not args.offline
