@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 # The value types ComfyUI knows by name; anything else is a custom socket type of this pack.
-IMAGE, MASK, INT, BOOLEAN, COMBO = "IMAGE", "MASK", "INT", "BOOLEAN", "COMBO"
-WIDGET_KINDS = (INT, BOOLEAN, COMBO)
+IMAGE, MASK, INT, FLOAT, BOOLEAN, COMBO = "IMAGE", "MASK", "INT", "FLOAT", "BOOLEAN", "COMBO"
+WIDGET_KINDS = (INT, FLOAT, BOOLEAN, COMBO)
 CATEGORY = "image/upscaling/ResShift"
 
 
@@ -23,9 +23,9 @@ class InputDefinition:
 
     Attributes:
         name: the keyword the run function receives.
-        kind: IMAGE, MASK, INT, BOOLEAN, COMBO or a custom type name (e.g. ``RESSHIFT_PIPELINE``).
+        kind: IMAGE, MASK, INT, FLOAT, BOOLEAN, COMBO or a custom type name (e.g. ``RESSHIFT_PIPELINE``).
         tooltip: shown when hovering the input.
-        default, minimum, maximum, step: widget settings (INT / BOOLEAN / COMBO).
+        default, minimum, maximum, step: widget settings (INT / FLOAT / BOOLEAN / COMBO).
         options: COMBO only: called each time ComfyUI asks for the node's inputs, so that files added to a models
             folder appear after a refresh.
         optional: the socket may stay unconnected; the run function then does not receive it.
@@ -36,9 +36,9 @@ class InputDefinition:
     kind: str
     tooltip: str
     default: Any = None
-    minimum: int | None = None
-    maximum: int | None = None
-    step: int | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
     options: Callable[[], Sequence[str]] | None = None
     optional: bool = False
     seed_widget: bool = False

@@ -67,15 +67,18 @@ def find_model_file(name: str) -> str | None:
     return folder_paths.get_full_path(MODELS_FOLDER, name)
 
 
-def download_progress(file_name: str):
-    """A download progress callback ``(done_bytes, total_bytes or None)`` that moves the node's progress bar."""
-    bar = comfy.utils.ProgressBar(1)
+def download_progress():
+    """A download progress callback ``(done_bytes, total_bytes or None)`` that moves the node's progress bar (made,
+    and the download logged, when a download starts)."""
+    bars = []
 
     def update(done: int, total: int | None) -> None:
+        if not bars:
+            logger.info("[ResShift] downloading into %s", default_models_dir())
+            bars.append(comfy.utils.ProgressBar(1))
         if total:
-            bar.update_absolute(done, total)
+            bars[0].update_absolute(done, total)
 
-    logger.info("[ResShift] downloading %s into %s", file_name, default_models_dir())
     return update
 
 
@@ -86,15 +89,12 @@ class LoadedResShift:
 
     Attributes:
         pipeline: the core's pipeline over both networks; it runs where ComfyUI put them.
-        unet, autoencoder: the core's model descriptors.
-        patchers: the two networks wrapped in ComfyUI's ``ModelPatcher`` so that ComfyUI's model management moves
+        patchers: the networks wrapped in ComfyUI's ``ModelPatcher`` so that ComfyUI's model management moves
             them between the load and offload devices and frees them when memory is needed.
         dtype: the precision chosen at load.
     """
 
     pipeline: object
-    unet: object
-    autoencoder: object
     patchers: list
     dtype: torch.dtype
 
@@ -103,33 +103,31 @@ class LoadedResShift:
         return self.patchers[0].load_device
 
     def __repr__(self) -> str:  # shown by ComfyUI's debugging views
-        release = getattr(self.unet.release, "name", None) or "unknown release"
+        release = getattr(self.pipeline.release, "name", None) or "own model"
         return f"ResShift pipeline ({release}, {str(self.dtype).replace('torch.', '')})"
 
 
-def choose_dtype(requested: str, unet) -> str | torch.dtype:
-    """The dtype for a load: ``auto`` asks ComfyUI what it would use for a UNet of this size on its device
-    (restricted to what the network supports); otherwise the requested name, which the core parses."""
-    if requested != "auto":
-        return requested
-    supported = list(unet.supported_dtypes)
-    chosen = model_management.unet_dtype(device=model_management.get_torch_device(),
-                                         model_params=unet.parameter_count, supported_dtypes=supported)
-    if chosen not in supported:  # e.g. ComfyUI started with --fp8_e4m3fn-unet: not a precision ResShift runs in
-        logger.info("[ResShift] ComfyUI asks for %s, which ResShift does not run in; using float32", chosen)
-        return torch.float32
-    return chosen
+def comfyui_dtype(unet) -> torch.dtype:
+    """What ComfyUI would run a UNet of this size in on its device, among the precisions the network supports (the
+    host's fact for the core's "auto" rule)."""
+    return model_management.unet_dtype(device=model_management.get_torch_device(),
+                                       model_params=unet.parameter_count, supported_dtypes=list(unet.supported_dtypes))
 
 
-def wrap_networks(unet, autoencoder, dtype: str | torch.dtype) -> LoadedResShift:
-    """Build the core pipeline on ComfyUI's offload device and hand both networks to ComfyUI's model management."""
+def load_networks(unet_name: str, vae_name: str, release: str | None, dtype: str) -> LoadedResShift:
+    """Build the core pipeline through its one assembly (files from the resshift folders, official ones downloaded
+    into models/resshift, ComfyUI's dtype for "auto") on ComfyUI's offload device, and hand both networks to
+    ComfyUI's model management. A pixel-space UNet loads no autoencoder: ``vae_name`` is then not used."""
     rc = require_core()
     load_device = model_management.get_torch_device()
     offload_device = model_management.unet_offload_device()
-    pipeline = rc.ResShiftPipeline.from_loaded(unet, autoencoder, device=offload_device, dtype=dtype)
+    facts = rc.HostFacts(dtype=comfyui_dtype, find_file=find_model_file, cache_dir=default_models_dir(),
+                         progress=download_progress(), folders=tuple(model_folders()))
+    pipeline = rc.ResShiftPipeline.assemble(unet_name, vae_name, release=release, device=offload_device,
+                                            dtype=dtype, host=facts)
     patchers = [comfy.model_patcher.ModelPatcher(network, load_device=load_device, offload_device=offload_device)
                 for network in pipeline.networks]
-    return LoadedResShift(pipeline, unet, autoencoder, patchers, pipeline.dtype)
+    return LoadedResShift(pipeline, patchers, pipeline.dtype)
 
 
 def _supports_keyword(function, name: str) -> bool:

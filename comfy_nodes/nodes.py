@@ -11,15 +11,19 @@ with the other ResShift pack (``ResShiftLoader``, ``ResShiftUpscale``, ``RESSHIF
 from __future__ import annotations
 
 from . import host
-from .core_access import ResShiftNodeError, core, hub, require_core
-from .definitions import COMBO, IMAGE, INT, MASK, InputDefinition, NodeDefinition, OutputDefinition
+from .core_access import ResShiftNodeError, core, require_core
+from .definitions import COMBO, FLOAT, IMAGE, INT, MASK, InputDefinition, NodeDefinition, OutputDefinition
 
 PIPELINE = "RESSHIFT_PIPELINE"
 LATENT = "RESSHIFT_LATENT"
 AUTO = "auto"
-DTYPES = (AUTO, "fp32", "fp16", "bf16")
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
 MAX_TILE = 4096
+# What the widgets offer comes from the core's rules (and stand-ins with the same values when it cannot import, so
+# that the nodes still list and say what to install when they run).
+DTYPES = (AUTO, *(core.DTYPE_CHOICES if core is not None else ("fp32", "fp16", "bf16")))
+MAX_SEED = core.MAX_SEED if core is not None else 2 ** 64 - 1
+TILE_STEP = core.official_tile_range()[1] if core is not None else 64
+COLOR_FIXES = core.COLOR_FIX_METHODS if core is not None else ("none", "wavelet", "adain")
 
 LICENSE_NOTE = ("Official weights are published by the ResShift authors under the S-Lab License 1.0 "
                 "(non-commercial use only); downloading them means accepting it.")
@@ -34,6 +38,7 @@ def release_options() -> list[str]:
 
 
 def unet_file_options() -> list[str]:
+    """Files in the resshift model folders, then the official UNet names not there yet (downloaded on first use)."""
     official = [release.file_name for release in core.RELEASES.values()] if core is not None else []
     return host.model_file_options(official)
 
@@ -50,59 +55,57 @@ SEED_INPUT = InputDefinition(
     "seed", INT, "Seed of the diffusion noise: the same seed, image and settings give the same result on any "
     "device.", default=0, minimum=0, maximum=MAX_SEED, seed_widget=True)
 TILE_SIZE_INPUT = InputDefinition(
-    "tile_size", INT, "Largest tile, in latent pixels (= input pixels for the x4 models; a multiple of 64 for the "
-    "official models). Larger images are processed in overlapping tiles blended into one latent with one noise "
-    "field, so no seams show. 0 = the model's preferred size for this device. On out-of-memory the run retries "
-    "with smaller tiles.", default=0, minimum=0, maximum=MAX_TILE, step=64)
+    "tile_size", INT, f"Largest tile, in latent pixels (= input pixels for the x4 models; a multiple of {TILE_STEP} "
+    f"for the official models). Larger images are processed in overlapping tiles blended into one latent with one "
+    f"noise field, so no seams show. 0 = the model's preferred size for this device. On out-of-memory the run "
+    f"retries with smaller tiles.", default=0, minimum=0, maximum=MAX_TILE, step=TILE_STEP)
 TILE_OVERLAP_INPUT = InputDefinition(
     "tile_overlap", INT, "Least overlap between neighbouring tiles, in latent pixels; -1 = the model's default.",
     default=-1, minimum=-1, maximum=MAX_TILE // 2, step=1)
 
+COLOR_FIX_INPUT = InputDefinition(
+    "color_fix", COMBO, "Bring the output's colours back to the input's: 'wavelet' keeps the fine detail and takes "
+    "the input's low frequencies, 'adain' matches each channel's mean and spread; 'none' is the official "
+    "computation. Applied once to the whole output, so tiles do not matter.", options=lambda: list(COLOR_FIXES),
+    default="none", optional=True)
+SCALE_INPUT = InputDefinition(
+    "scale", FLOAT, "Output size as a factor of the input (e.g. 2, 3, 8, 16). The fewest x4 passes reach it (a "
+    "second pass runs tiled on the first one's output), then one anti-aliased resize gives the exact size. 0 = the "
+    "model's own factor; ignored when a target width or height is set.", default=0.0, minimum=0.0, maximum=64.0,
+    step=0.5, optional=True)
+TARGET_WIDTH_INPUT = InputDefinition(
+    "target_width", INT, "Output width in pixels (0 = not set). With only one of width and height set, the aspect "
+    "ratio is kept.", default=0, minimum=0, maximum=65536, step=8, optional=True)
+TARGET_HEIGHT_INPUT = InputDefinition(
+    "target_height", INT, "Output height in pixels (0 = not set).", default=0, minimum=0, maximum=65536, step=8,
+    optional=True)
+
 #: The core's canonical argument names -> this pack's input names (for the advice in error messages).
 RUN_INPUTS = {"tile_size": "tile_size", "tile_overlap": "tile_overlap", "seed": "seed", "images": "image",
-              "mask": "mask", "latent": "latent"}
+              "mask": "mask", "latent": "latent", "color_fix": "color_fix", "scale": "scale", "size": "scale",
+              "width": "target_width", "height": "target_height"}
 
 
-def _tiling(tile_size: int, tile_overlap: int) -> dict:
-    """The core's tiling keywords; 0 / -1 leave the choice to the core."""
-    return {"tile_size": tile_size or None, "tile_overlap": None if tile_overlap < 0 else tile_overlap}
+def _tiles(run, tile_size: int, tile_overlap: int):
+    """The core's tiling from the widgets: 0 (size) and -1 (overlap) leave the choice to the core."""
+    return run.tiles(tile_size=tile_size, tile_overlap=None if tile_overlap < 0 else tile_overlap)
+
+
+def _output_size(scale: float, target_width: int, target_height: int):
+    """The core's output size from the widgets (0 = not set; a target size wins over the scale)."""
+    if target_width or target_height:
+        return core.output_size(width=target_width, height=target_height)
+    return core.output_size(scale=scale)
 
 
 # ----------------------------------------------------------------------------------------------------- loader
 LOADER_INPUTS = {"unet": "unet_name", "autoencoder": "vae_name", "release": "release", "dtype": "dtype"}
 
 
-def _model_paths(*names: str) -> list[str]:
-    """The files behind the combo choices: from the resshift model folders, or, for official file names not there
-    yet, downloaded into models/resshift in one request (so that, offline, the core's error names every missing
-    file at once)."""
-    paths = {name: host.find_model_file(name) for name in names}
-    wanted = {name: require_core().official_file(name) for name, path in paths.items() if path is None}
-    unknown = [name for name, item in wanted.items() if item is None]
-    if unknown:
-        raise ResShiftNodeError(f"{', '.join(unknown)} is not in the resshift model folders "
-                                f"({', '.join(host.model_folders())}) and is not an official file that could be "
-                                f"downloaded: put the file there and refresh the page")
-    if wanted:
-        fetched = hub.fetch_files(list(wanted.values()), cache_dir=host.default_models_dir(),
-                                  progress=host.download_progress(", ".join(wanted)))
-        paths.update(zip(wanted, map(str, fetched)))
-    return [paths[name] for name in names]
-
-
 def load_pipeline(unet_name: str, vae_name: str, release: str, dtype: str) -> tuple:
-    rc = require_core()
+    require_core()
     with host.node_errors(LOADER_INPUTS):
-        unet_path, vae_path = host.find_model_file(unet_name), None
-        if unet_path is None:  # an official file still to download: every release is latent, fetch both at once
-            unet_path, vae_path = _model_paths(unet_name, vae_name)
-        unet = rc.load_model(unet_path, expect="unet", release=None if release == AUTO else release)
-        autoencoder = None
-        if unet.latent_space:  # a pixel-space model (e.g. from train/) uses no autoencoder: vae_name is not fetched
-            if vae_path is None:
-                (vae_path,) = _model_paths(vae_name)
-            autoencoder = rc.load_model(vae_path, expect="autoencoder")
-        return (host.wrap_networks(unet, autoencoder, host.choose_dtype(dtype, unet)),)
+        return (host.load_networks(unet_name, vae_name, None if release == AUTO else release, dtype),)
 
 
 LOADER = NodeDefinition(
@@ -131,15 +134,17 @@ LOADER = NodeDefinition(
 
 
 # ---------------------------------------------------------------------------------------------------- upscale
-def upscale(pipeline, image, seed: int, tile_size: int, tile_overlap: int, mask=None) -> tuple:
+def upscale(pipeline, image, seed: int, tile_size: int, tile_overlap: int, mask=None, color_fix: str = "none",
+            scale: float = 0.0, target_width: int = 0, target_height: int = 0) -> tuple:
     run = _checked(pipeline)
     images = host.images_to_core(image)
     batch, _, height, width = images.shape
-    settings = _tiling(tile_size, tile_overlap)
     with host.node_errors(RUN_INPUTS):
-        host.load_for_run(pipeline, run.working_memory(height, width, batch=batch, **settings))
+        tiles = _tiles(run, tile_size, tile_overlap)
+        size = _output_size(scale, target_width, target_height)
+        host.load_for_run(pipeline, run.working_memory(height, width, batch=batch, tiles=tiles, size=size))
         result = run.upscale(images, seed=seed, callback=host.NodeProgress(), cancel=host.cancel_requested,
-                             **settings)
+                             tiles=tiles, color_fix=color_fix, size=size)
     out_height, out_width = result.shape[-2:]
     out_mask = (_resize_mask(mask, batch, out_width, out_height) if mask is not None
                 else result.new_zeros(batch, out_height, out_width))
@@ -162,12 +167,15 @@ UPSCALE = NodeDefinition(
     node_id="ResShiftPipelineUpscale",
     display_name="ResShift Upscale",
     description=("Upscales an image batch with ResShift diffusion (x4 for the super-resolution releases) in the "
-                 "release's 4 or 15 steps (1 for SinSR). Large images are tiled without seams. The optional mask "
-                 "carries an alpha channel (LoadImage's MASK): it comes out resized to the output, ready for Join "
-                 "Image with Alpha."),
+                 "release's 4 or 15 steps (1 for SinSR). Large images are tiled without seams. Any output size: a "
+                 "scale or a target width / height (the fewest x4 passes, then an exact resize); an optional colour "
+                 "fix. Each image's result depends only on it and the seed, not on the batch: the frames of a video "
+                 "share one noise field. The optional mask carries an alpha channel (LoadImage's MASK): it comes out "
+                 "resized to the output, ready for Join Image with Alpha."),
     inputs=(PIPELINE_INPUT, IMAGE_INPUT, SEED_INPUT, TILE_SIZE_INPUT, TILE_OVERLAP_INPUT,
             InputDefinition("mask", MASK, "Optional alpha as a ComfyUI mask (1 = transparent, as LoadImage outputs "
-                            "it); resized to the output size and passed to the mask output.", optional=True)),
+                            "it); resized to the output size and passed to the mask output.", optional=True),
+            COLOR_FIX_INPUT, SCALE_INPUT, TARGET_WIDTH_INPUT, TARGET_HEIGHT_INPUT),
     outputs=(OutputDefinition(IMAGE, "image", "The upscaled batch (B, sH, sW, 3) in [0, 1]."),
              OutputDefinition(MASK, "mask", "The input mask at the output size (all zeros, i.e. opaque, when no "
                               "mask was connected).")),
@@ -180,12 +188,12 @@ def encode(pipeline, image, tile_size: int, tile_overlap: int, mask=None) -> tup
     run = _checked(pipeline)
     images = host.images_to_core(image)
     batch, _, height, width = images.shape
-    settings = _tiling(tile_size, tile_overlap)
     with host.node_errors(RUN_INPUTS):
-        host.load_for_run(pipeline, run.working_memory(height, width, batch=batch, **settings))
+        tiles = _tiles(run, tile_size, tile_overlap)
+        host.load_for_run(pipeline, run.working_memory(height, width, batch=batch, tiles=tiles))
         latent = run.encode_lr(images, mask=None if mask is None else host.mask_batch(mask).unsqueeze(1),
                                callback=host.NodeProgress(previews=False), cancel=host.cancel_requested,
-                               **settings)
+                               tiles=tiles)
     return (latent.to(host.intermediate_device()),)
 
 
@@ -241,11 +249,11 @@ def inpaint(pipeline, image, mask, seed: int, tile_size: int, tile_overlap: int)
     run = _checked(pipeline)
     images = host.images_to_core(image)
     batch, _, height, width = images.shape
-    settings = _tiling(tile_size, tile_overlap)
     with host.node_errors(RUN_INPUTS):
-        host.load_for_run(pipeline, run.working_memory(height, width, batch=batch, **settings))
+        tiles = _tiles(run, tile_size, tile_overlap)
+        host.load_for_run(pipeline, run.working_memory(height, width, batch=batch, tiles=tiles))
         result = run.upscale(images, mask=host.mask_batch(mask).unsqueeze(1), seed=seed,
-                             callback=host.NodeProgress(), cancel=host.cancel_requested, **settings)
+                             callback=host.NodeProgress(), cancel=host.cancel_requested, tiles=tiles)
     return (host.images_to_comfy(result),)
 
 
@@ -263,6 +271,31 @@ INPAINT = NodeDefinition(
 )
 
 
+# ------------------------------------------------------------------------------------------------- colour fix
+def fix_colors(image, reference, method: str) -> tuple:
+    require_core()
+    with host.node_errors({"color_fix": "method", "output": "image", "reference": "reference"}):
+        fixed = core.color_fix(host.images_to_core(image).to(host.intermediate_device()),
+                               host.images_to_core(reference).to(host.intermediate_device()), method)
+    return (host.images_to_comfy(fixed),)
+
+
+COLOR_FIX = NodeDefinition(
+    node_id="ResShiftPipelineColorFix",
+    display_name="ResShift Color Fix",
+    description="Brings an upscaled image's colours back to those of a reference (the image before upscaling, at "
+                "any size), after any upscaler: 'wavelet' keeps the fine detail and takes the reference's low "
+                "frequencies (StableSR's wavelet colour fix), 'adain' matches each channel's mean and spread.",
+    inputs=(InputDefinition("image", IMAGE, "The upscaled batch (B, H, W, 3) in [0, 1]."),
+            InputDefinition("reference", IMAGE, "The reference batch, e.g. the input of the upscaler (one image for "
+                            "the batch, or one per image; any size)."),
+            InputDefinition("method", COMBO, "wavelet (keeps detail) or adain; none passes the image through.",
+                            options=lambda: list(COLOR_FIXES), default="wavelet")),
+    outputs=(OutputDefinition(IMAGE, "image", "The colour-fixed batch, same size as the image input."),),
+    run=fix_colors,
+)
+
+
 def _checked(pipeline):
     """The core pipeline inside the loader's output, after checking that the socket got what it expects."""
     require_core()
@@ -272,4 +305,4 @@ def _checked(pipeline):
     return pipeline.pipeline
 
 
-NODES = (LOADER, UPSCALE, ENCODE, SAMPLE, DECODE, INPAINT)
+NODES = (LOADER, UPSCALE, ENCODE, SAMPLE, DECODE, INPAINT, COLOR_FIX)

@@ -5,7 +5,7 @@ This is what ComfyUI versions without ``comfy_api`` (before V3, e.g. the March 2
 
 from __future__ import annotations
 
-from .definitions import BOOLEAN, COMBO, INT, InputDefinition, NodeDefinition
+from .definitions import BOOLEAN, COMBO, FLOAT, INT, InputDefinition, NodeDefinition
 
 
 def _classic_input(spec: InputDefinition) -> tuple:
@@ -16,7 +16,7 @@ def _classic_input(spec: InputDefinition) -> tuple:
         if default is not None:
             settings["default"] = default
         return (options, settings)
-    if spec.kind in (INT, BOOLEAN):
+    if spec.kind in (INT, FLOAT, BOOLEAN):
         for key, value in (("default", spec.default), ("min", spec.minimum), ("max", spec.maximum),
                            ("step", spec.step)):
             if value is not None:

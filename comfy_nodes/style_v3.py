@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .definitions import BOOLEAN, COMBO, IMAGE, INT, MASK, InputDefinition, NodeDefinition, OutputDefinition
+from .definitions import BOOLEAN, COMBO, FLOAT, IMAGE, INT, MASK, InputDefinition, NodeDefinition, OutputDefinition
 
 
 class _V3Types:
@@ -26,6 +26,9 @@ class _V3Types:
             return io.Int.Input(spec.name, tooltip=spec.tooltip, optional=spec.optional, default=spec.default,
                                 min=spec.minimum, max=spec.maximum, step=spec.step,
                                 control_after_generate=True if spec.seed_widget else None)
+        if spec.kind == FLOAT:
+            return io.Float.Input(spec.name, tooltip=spec.tooltip, optional=spec.optional, default=spec.default,
+                                  min=spec.minimum, max=spec.maximum, step=spec.step)
         if spec.kind == BOOLEAN:
             return io.Boolean.Input(spec.name, tooltip=spec.tooltip, optional=spec.optional, default=spec.default)
         if spec.kind == COMBO:

@@ -3,14 +3,13 @@
 Quick use::
 
     from resshift_core import ResShiftPipeline
-    pipe = ResShiftPipeline.from_release("realsr-v3")          # downloads the official weights on first use
+    pipe = ResShiftPipeline.assemble(release="realsr-v3")      # downloads the official weights on first use
     hr = pipe.upscale(lr, seed=12345)                          # (B, 3, H, W) in [0, 1] -> (B, 3, 4H, 4W)
 
-For hosts (ComfyUI, the WebUI, a training run), the same from pieces::
+For hosts (ComfyUI, the WebUI, a training run), the same call with the host's own facts::
 
-    unet = load_model("resshift_realsrx4_s4_v3.pth")           # a ModelDescriptor: kind, release, schedule, ...
-    vae = load_model("autoencoder_vq_f4.pth", expect="autoencoder")
-    pipe = ResShiftPipeline.from_loaded(unet, vae, device="cuda", dtype="fp16")
+    pipe = ResShiftPipeline.assemble("resshift_realsrx4_s4_v3.pth", device="cuda", dtype="auto",
+                                     host=HostFacts(dtype=host_choice, find_file=in_my_folders))
     needed = pipe.working_memory(512, 512)                     # bytes beyond the weights for a 512 px input
 
 The official weights are under the S-Lab License 1.0 (non-commercial use); see ``resshift_core.releases``.
@@ -25,6 +24,8 @@ from .checkpoints import (
     save_autoencoder,
     save_unet,
 )
+from .assembly import HostFacts
+from .color import COLOR_FIX_METHODS, color_fix
 from .download import ChecksumError, DownloadError, OfflineError
 from .errors import (
     PYTHON_API,
@@ -56,16 +57,20 @@ from .releases import (
     Release,
     get_release,
     official_file,
+    official_tile_range,
 )
-from .runtime import tune_cpu_allocator
-from .sampler import NoiseSource, StepProgress
+from .runtime import DTYPE_CHOICES, choose_dtype, tune_cpu_allocator
+from .sampler import MAX_SEED, NoiseSource, StepProgress, check_seed
 from .schedule import Schedule, ScheduleParams
-from .tiling import TileSettings
+from .sizing import OutputSize, output_size, parse_size
+from .tiling import TileSettings, tile_size_range
 
 __version__ = "0.2.0"
 
 __all__ = [
-    "AUTOENCODERS", "DEFAULT_RELEASE", "DEFAULT_SEED", "LICENSE_URL", "PYTHON_API", "RELEASES", "WEIGHTS_LICENSE",
+    "AUTOENCODERS", "COLOR_FIX_METHODS", "DEFAULT_RELEASE", "DEFAULT_SEED", "DTYPE_CHOICES", "LICENSE_URL",
+    "MAX_SEED", "PYTHON_API", "RELEASES", "WEIGHTS_LICENSE", "HostFacts", "OutputSize", "check_seed",
+    "choose_dtype", "color_fix", "official_tile_range", "output_size", "parse_size", "tile_size_range",
     "CancelledError", "CheckpointError", "CheckpointIdentity", "ChecksumError", "CorruptCheckpointError",
     "DecodedImage", "DownloadError", "InputImageError", "InvalidArgumentError", "ModelDescriptor", "NoiseSource",
     "OfflineError", "OwnUNetFile", "Release", "ResShiftError", "ResShiftLatent", "ResShiftPipeline", "ResShiftUNet",

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import shutil
 import sys
 import tempfile
@@ -36,17 +35,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from .color import COLOR_FIX_METHODS, check_color_fix
 from .errors import CancelledError, CheckpointError, InputImageError, ResShiftError
-from .releases import DEFAULT_RELEASE, LICENSE_URL, RELEASES, WEIGHTS_LICENSE, Release, get_release
-from .runtime import tune_cpu_allocator
+from .imageio import mask_plane
+from .releases import DEFAULT_RELEASE, DEFAULT_SEED, LICENSE_URL, RELEASES, WEIGHTS_LICENSE, Release, get_release
+from .runtime import DTYPE_CHOICES, parse_dtype, resolve_device, tune_cpu_allocator
+from .sampler import MAX_SEED, check_seed
+from .sampler import random_seed as core_random_seed
+from .sizing import OutputSize, output_size, parse_size
+from .tiling import chop_starts, default_chop_stride, validate_chop
 
 logger = logging.getLogger(__name__)
 
 LOCAL_CHOICE = "local"
-DEFAULT_SEED = 12345
 OFFICIAL_CHOP_SIZE = 512  # LR pixels, as the official inference script
 DEFAULT_MAX_PIXELS = 1024 * 1024
-MAX_SEED = 2 ** 63 - 1
 GRADIO_HINT = "pip install gradio  (or, from a checkout: pip install -e .[app])"
 
 #: Tiling arguments of ``ResShiftPipeline.upscale`` the page exposes.
@@ -68,7 +71,8 @@ class AppSettings:
         release: the default release; with ``unet`` / ``autoencoder`` it names the schedule of those files.
         unet, autoencoder: local model files (both or neither), offered as the model "local files".
         cache_dir: the download cache (default ``RESSHIFT_CACHE`` or ``~/.cache/resshift``).
-        device, dtype: where and in which precision the networks run (device default: CUDA when available).
+        device, dtype: where and in which precision the networks run (default: CUDA when available, in the core's
+            precision for the device: float16 on CUDA, float32 on the CPU).
         max_pixels: largest accepted input, in LR pixels (width x height).
         concurrency: jobs run at once; the others are queued.
         queue_size: jobs that may wait in the queue (more are refused with "queue full").
@@ -82,7 +86,7 @@ class AppSettings:
     autoencoder: str | None = None
     cache_dir: str | None = None
     device: str | None = None
-    dtype: str = "fp32"
+    dtype: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     concurrency: int = 1
     queue_size: int = 16
@@ -100,20 +104,33 @@ class AppSettings:
             raise AppSetupError(f"--concurrency must be at least 1, got {self.concurrency}")
         if self.max_loaded < 1:
             raise AppSetupError(f"max_loaded must be at least 1, got {self.max_loaded}")
-        from .pipeline import parse_dtype
-
-        parse_dtype(self.dtype)  # a clear error now rather than on the first run
+        if self.dtype != "auto":
+            parse_dtype(self.dtype)  # a clear error now rather than on the first run
 
     @property
     def has_local_model(self) -> bool:
         return self.unet is not None
 
     def resolved_device(self) -> str:
-        if self.device:
-            return self.device
-        import torch
+        return resolve_device(self.device or "auto")
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+
+@dataclass
+class _Job:
+    """One job's inputs, resolved, and what its run reported."""
+
+    picture: Any
+    seed: int
+    chop: tuple[int | None, int | None]
+    color_fix: str
+    size: Any
+    label: str
+    tiles: Any = None
+    mask: Any = None
+    record: dict = field(default_factory=dict)
+    plan: Any = None
+    size_plan: Any = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -181,24 +198,24 @@ class PipelineCache:
             return pipe
 
     def _load(self, choice: str, on_download):
+        from .assembly import HostFacts
         from .pipeline import ResShiftPipeline
 
         settings = self.settings
         device = settings.resolved_device()
         started = time.perf_counter()
+        host = HostFacts(cache_dir=settings.cache_dir, progress=on_download if on_download is not None else False)
         if choice == LOCAL_CHOICE:
             if not settings.has_local_model:
                 raise ResShiftError("this server was started without local model files (--unet / --autoencoder)")
             for kind, path in (("UNet", settings.unet), ("autoencoder", settings.autoencoder)):
                 if not Path(path).is_file():
                     raise ResShiftError(f"the {kind} file {path} given at start-up does not exist (any more)")
-            pipe = ResShiftPipeline.from_files(settings.unet, settings.autoencoder, release=settings.release,
-                                               device=device, dtype=settings.dtype)
+            pipe = ResShiftPipeline.assemble(settings.unet, settings.autoencoder, release=settings.release,
+                                             device=device, dtype=settings.dtype, host=host)
         else:
-            pipe = ResShiftPipeline.from_release(choice, cache_dir=settings.cache_dir, device=device,
-                                                 dtype=settings.dtype,
-                                                 progress=on_download if on_download is not None else False)
-        logger.info("loaded %s on %s (%s) in %.1f s", choice, device, settings.dtype, time.perf_counter() - started)
+            pipe = ResShiftPipeline.assemble(release=choice, device=device, dtype=settings.dtype, host=host)
+        logger.info("loaded %s on %s (%s) in %.1f s", choice, device, pipe.dtype, time.perf_counter() - started)
         return pipe
 
 
@@ -315,26 +332,31 @@ class UpscaleService:
 
     @staticmethod
     def resolve_seed(seed, random_seed: bool) -> int:
+        """The seed box and the "random seed" tick -> a seed, by the core's seed rules."""
         if random_seed:
-            return secrets.randbelow(2 ** 31)
+            return core_random_seed()
         if seed is None or (isinstance(seed, float) and not math.isfinite(seed)):
             raise InputImageError("enter a seed (a whole number) or tick 'random seed'")
-        if float(seed) != int(seed) or not 0 <= int(seed) <= MAX_SEED:
-            raise InputImageError(f"the seed must be a whole number from 0 to {MAX_SEED}, got {seed}")
-        return int(seed)
+        return check_seed(seed)
 
     @staticmethod
     def resolve_chop(chop_size, chop_stride) -> tuple[int | None, int | None]:
+        """The page's chop boxes (0 = off / the default stride) -> the core's chop arguments, validated."""
         size = int(chop_size or 0)
         stride = int(chop_stride or 0)
         if size < 0 or stride < 0:
             raise InputImageError("chop size and stride cannot be negative")
         if size == 0:
             return None, None
-        if stride > size:
-            raise InputImageError(f"the chop stride ({stride}) cannot exceed the chop size ({size}): patches would "
-                                  f"leave gaps")
+        validate_chop(size, stride or None)
         return size, stride or None
+
+    @staticmethod
+    def resolve_size(out_scale, out_size) -> OutputSize | None:
+        """The page's output-size boxes (0 / empty = the model's own scale) -> an output size request."""
+        size = output_size(scale=out_scale or None, size=parse_size(out_size) if str(out_size or "").strip()
+                           else None)
+        return None if size.is_native() else size
 
     # ---- cancellation (the Stop button)
     def cancel_event(self, session: str | None) -> threading.Event:
@@ -351,31 +373,30 @@ class UpscaleService:
 
     # ---- one job
     def run(self, image, choice: str | None = None, *, seed=DEFAULT_SEED, random_seed: bool = False,
-            chop_size=0, chop_stride=0, mask=None, tile_size=None, tile_overlap=None,
-            progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
+            chop_size=0, chop_stride=0, mask=None, tile_size=None, tile_overlap=None, color_fix="none",
+            out_scale=0, out_size="", progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
             source_name: str | None = None) -> RunResult:
         """Upscale one image with the chosen model; raises :class:`ResShiftError` subclasses with user-facing
         messages."""
-        import torch
-        from PIL import Image
-
-        from .imageio import LUMA_WEIGHTS, encode_image, to_pil, upscale_alpha, write_image
-
         report = progress or (lambda fraction, desc: None)
         choice = choice or self.default_choice()
         if choice != LOCAL_CHOICE:
             get_release(choice)
-        picture = self.open_image(image)
-        used_seed = self.resolve_seed(seed, random_seed)
-        chop, stride = self.resolve_chop(chop_size, chop_stride)
-        extra = {}
-        for name, value in (("tile_size", tile_size), ("tile_overlap", tile_overlap)):
+        job = _Job(picture=self.open_image(image), seed=self.resolve_seed(seed, random_seed),
+                   chop=self.resolve_chop(chop_size, chop_stride), color_fix=check_color_fix(color_fix),
+                   size=self.resolve_size(out_scale, out_size),
+                   label="local files" if choice == LOCAL_CHOICE else choice)
+        for name, value in (("tile size", tile_size), ("tile overlap", tile_overlap)):
             if value is not None and value < 0:
-                raise InputImageError(f"{name.replace('_', ' ')} cannot be negative")
-            if value:
-                extra[name] = int(value)
+                raise InputImageError(f"{name} cannot be negative")
+        pipe = self._pipeline_for(choice, job.label, report)
+        job.tiles = pipe.tiles(tile_size=int(tile_size or 0), tile_overlap=int(tile_overlap or 0) or None)
+        job.mask = self._mask_for(pipe, mask, job)
+        outputs, seconds = self._execute(pipe, choice, job, report, cancel)
+        report(1.0, "saving the PNG")
+        return self._save(pipe, job, image, source_name, outputs, seconds)
 
-        label = "local files" if choice == LOCAL_CHOICE else choice
+    def _pipeline_for(self, choice: str, label: str, report: ProgressFn):
         if not self.pipelines.loaded(choice):
             report(None, "loading the local model files" if choice == LOCAL_CHOICE
                    else f"loading {label} (its files are downloaded on first use)")
@@ -384,23 +405,28 @@ class UpscaleService:
             report(done / total if total else None,
                    f"downloading {label}: {done / 2 ** 20:.0f}" + (f" / {total / 2 ** 20:.0f} MB" if total else " MB"))
 
-        pipe = self.pipelines.get(choice, on_download)
-        notes = []
-        mask_tensor = None
-        if pipe.unet.config.cond_mask:
-            if mask is None:
-                raise InputImageError("this is an inpainting model: add a mask (white = region to fill) under "
-                                      "'inpainting mask'")
-            mask_image = self.open_image(mask)
-            if (mask_image.width, mask_image.height) != (picture.width, picture.height):
-                raise InputImageError(f"the mask is {mask_image.width}x{mask_image.height} but the image is "
-                                      f"{picture.width}x{picture.height}; they must match")
-            mask_tensor = torch.from_numpy(mask_image.rgb @ LUMA_WEIGHTS)[None, None]
-        elif mask is not None:
-            notes.append("the mask was ignored (only the inpainting models use one)")
+        return self.pipelines.get(choice, on_download)
 
-        width, height = picture.width, picture.height
-        chopping = chop is not None and (width > chop or height > chop)
+    def _mask_for(self, pipe, mask, job: _Job):
+        """The inpainting mask tensor (1, 1, H, W), or None; a mask given to another model is noted and ignored."""
+        import torch
+
+        if not pipe.unet.config.cond_mask:
+            if mask is not None:
+                job.notes.append("the mask was ignored (only the inpainting models use one)")
+            return None
+        if mask is None:
+            raise InputImageError("this is an inpainting model: add a mask (white = region to fill) under "
+                                  "'inpainting mask'")
+        return torch.from_numpy(mask_plane(self.open_image(mask), job.picture))[None, None]
+
+    def _execute(self, pipe, choice: str, job: _Job, report: ProgressFn, cancel) -> tuple:
+        """The run itself, one job per model at a time; returns (B, 3, H', W') outputs and the seconds taken."""
+        import torch
+
+        picture = job.picture
+        chop, stride = job.chop
+        chopping = chop is not None and (picture.width > chop or picture.height > chop)
 
         def on_step(step) -> None:
             if step.phase != "denoise":
@@ -419,50 +445,66 @@ class UpscaleService:
             run_lock.acquire()
         try:
             report(0.0, "starting")
-            logger.info("job started: %dx%d with %s, seed %d", width, height, label, used_seed)
+            logger.info("job started: %dx%d with %s, seed %d", picture.width, picture.height, job.label, job.seed)
             started = time.perf_counter()
             images = torch.from_numpy(picture.rgb).permute(2, 0, 1)[None].contiguous()
-            outputs = pipe.upscale(images, mask=mask_tensor, seed=used_seed, callback=on_step, cancel=cancel,
+            outputs = pipe.upscale(images, mask=job.mask, seed=job.seed, callback=on_step, cancel=cancel,
                                    chop_size=chop, chop_stride=stride, max_input_pixels=self.settings.max_pixels,
-                                   **extra)
-            plan = pipe.last_plan
+                                   tiles=job.tiles, color_fix=job.color_fix, size=job.size)
+            job.record = pipe.run_record(color_fix=job.color_fix)
+            job.plan, job.size_plan = pipe.last_plan, pipe.last_size_plan
             seconds = time.perf_counter() - started
-            logger.info("job finished: %dx%d in %.1f s", width, height, seconds)
+            logger.info("job finished: %dx%d in %.1f s", picture.width, picture.height, seconds)
         finally:
             run_lock.release()
-        report(1.0, "saving the PNG")
+        return outputs, seconds
+
+    def _save(self, pipe, job: _Job, image, source_name: str | None, outputs, seconds: float) -> RunResult:
+        """Write the result PNG (with its run record) and the bicubic input for the comparison; the summary."""
+        from PIL import Image
+
+        from .imageio import encode_image, to_pil, upscale_alpha, write_image
+
+        picture = job.picture
         rgb = outputs[0].float().cpu().permute(1, 2, 0).numpy()
         out_height, out_width = rgb.shape[:2]
         alpha = None if picture.alpha is None else upscale_alpha(picture.alpha, out_width, out_height)
-        record = {"release": pipe.release.name if pipe.release else None, "seed": used_seed, "scale": pipe.scale,
-                  **(plan.metadata() if plan is not None else {})}
-
         self.prune_outputs()
         folder = Path(tempfile.mkdtemp(prefix="run_", dir=self.output_dir))
         stem = _safe_stem(source_name or (Path(image).stem if isinstance(image, (str, os.PathLike)) else "image"))
-        release_name = pipe.release.name if pipe.release else label.replace(" ", "-")
-        result_path = folder / f"{stem}_resshift_{release_name}_x{pipe.scale}_seed{used_seed}.png"
-        write_image(result_path, encode_image(rgb, alpha, picture, "png", text={"resshift": json.dumps(record)}))
+        release_name = pipe.release.name if pipe.release else job.label.replace(" ", "-")
+        factor = f"{out_width}x{out_height}" if job.size is not None else f"x{pipe.scale}"
+        result_path = folder / f"{stem}_resshift_{release_name}_{factor}_seed{job.seed}.png"
+        write_image(result_path, encode_image(rgb, alpha, picture, "png", text={"resshift": json.dumps(job.record)}))
         # the input as the model saw it (16-bit, palette and gray included), up-sampled for the comparison slider
         before = to_pil(picture.rgb, picture.alpha, picture).resize((out_width, out_height), Image.BICUBIC)
-        before_path = folder / f"{stem}_input_bicubic_x{pipe.scale}.png"
+        before_path = folder / f"{stem}_input_bicubic_{factor}.png"
         before.save(before_path, compress_level=1)
+        summary = (f"**{job.label}**, seed {job.seed}: {picture.width}x{picture.height} → {out_width}x{out_height} "
+                   f"in {seconds:.1f} s on {pipe.device} ({str(pipe.dtype).replace('torch.', '')}"
+                   f"{self._how(job)})")
+        if job.notes:
+            summary += "; " + "; ".join(job.notes)
+        return RunResult(str(before_path), str(result_path), job.seed, (picture.width, picture.height),
+                         (out_width, out_height), seconds, summary, job.notes)
 
-        tiles = ""
-        if chopping:
-            from .pipeline import chop_starts
-
-            stride_used = stride or chop - chop // 8
+    @staticmethod
+    def _how(job: _Job) -> str:
+        """How the run was computed, for the summary: patches or tiles, passes, colour fix."""
+        parts = []
+        chop, stride = job.chop
+        width, height = job.picture.width, job.picture.height
+        if chop is not None and (width > chop or height > chop):
+            stride_used = stride or default_chop_stride(chop)
             count = len(chop_starts(height, chop, stride_used)) * len(chop_starts(width, chop, stride_used))
-            tiles = f", {count} patches of {chop} px"
-        elif plan is not None and not plan.is_official:
-            tiles = f", {plan.describe()}"
-        summary = (f"**{label}**, seed {used_seed}: {width}x{height} → {out_width}x{out_height} in "
-                   f"{seconds:.1f} s on {pipe.device} ({self.settings.dtype}{tiles})")
-        if notes:
-            summary += "; " + "; ".join(notes)
-        return RunResult(str(before_path), str(result_path), used_seed, (width, height), (out_width, out_height),
-                         seconds, summary, notes)
+            parts.append(f"{count} patches of {chop} px")
+        elif job.plan is not None and not job.plan.is_official:
+            parts.append(job.plan.describe())
+        if job.size_plan is not None:
+            parts.append(job.size_plan.describe())
+        if job.color_fix != "none":
+            parts.append(f"{job.color_fix} colour fix")
+        return "".join(f", {part}" for part in parts)
 
     def prune_outputs(self) -> None:
         """Delete result folders older than ``output_max_age_s`` (gradio keeps its own copies while it needs
@@ -495,11 +537,6 @@ def import_gradio():
     return gr
 
 
-def has_image_slider() -> bool:
-    gr = import_gradio()
-    return hasattr(gr, "ImageSlider")
-
-
 def comparison_html(before_url: str, after_url: str, width: int, height: int) -> str:
     """A before / after slider without ``gr.ImageSlider`` (gradio < 5): two stacked images, the upper one clipped
     by a range input (inline handlers: gradio inserts HTML without running <script> tags)."""
@@ -530,7 +567,8 @@ def make_handlers(service: UpscaleService, *, slider: bool = True):
     from .download import DownloadError
 
     def run(image, model, seed, random_seed, chop_size, chop_stride, mask=None, tile_size=None, tile_overlap=None,
-            request: gr.Request = None, progress=gr.Progress()):  # noqa: B008 (the gradio idiom)
+            color_fix="none", out_scale=0, out_size="", request: gr.Request = None,
+            progress=gr.Progress()):  # noqa: B008 (the gradio idiom)
         session = getattr(request, "session_hash", None)
         event = service.cancel_event(session)
 
@@ -540,7 +578,8 @@ def make_handlers(service: UpscaleService, *, slider: bool = True):
         try:
             result = service.run(image, model, seed=seed, random_seed=random_seed, chop_size=chop_size,
                                  chop_stride=chop_stride, mask=mask, tile_size=tile_size, tile_overlap=tile_overlap,
-                                 progress=report, cancel=event.is_set)
+                                 color_fix=color_fix, out_scale=out_scale, out_size=out_size, progress=report,
+                                 cancel=event.is_set)
         except CancelledError:
             raise _error(gr, "stopped", title="Stopped") from None
         except ResShiftError as exc:
@@ -631,8 +670,18 @@ def build_demo(service: UpscaleService, *, slider: bool | None = None):
                                     elem_id="model-choice")
                 model_info = gr.Markdown(describe(service.default_choice()), elem_id="model-info")
                 with gr.Row():
-                    seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, label="seed", elem_id="seed")
+                    seed = gr.Number(value=DEFAULT_SEED, precision=0, minimum=0, maximum=MAX_SEED, label="seed",
+                                     elem_id="seed")
                     random_seed = gr.Checkbox(value=False, label="random seed", elem_id="random-seed")
+                with gr.Accordion("output size and colour", open=False):
+                    with gr.Row():
+                        out_scale = gr.Number(value=0, minimum=0, label="scale (e.g. 2, 3, 8; 0 = the model's x4)",
+                                              elem_id="out-scale")
+                        out_size = gr.Textbox(value="", label="or size WxH (2048x, x1536; empty = by scale)",
+                                              elem_id="out-size")
+                    color_fix = gr.Radio(choices=list(COLOR_FIX_METHODS), value="none", elem_id="color-fix",
+                                         label="colour fix: bring the colours back to the input's (none = the "
+                                               "official computation)")
                 with gr.Accordion("large images: tiling and patch-wise processing", open=False):
                     tile_inputs = []
                     tile_labels = {"tile_size": "tile size (latent px = LR px for x4; 0 = automatic)",
@@ -668,7 +717,7 @@ def build_demo(service: UpscaleService, *, slider: bool | None = None):
 
         model.change(describe, inputs=model, outputs=model_info, queue=False)
         job = run_button.click(run, inputs=[image, model, seed, random_seed, chop_size, chop_stride, mask,
-                                            *tile_inputs],
+                                            *tile_inputs, color_fix, out_scale, out_size],
                                outputs=[result, download, info, seed], api_name="upscale",
                                **_supported(run_button.click, {"show_progress_on": [result]}))
         stop_button.click(stop, inputs=None, outputs=None, cancels=[job], queue=False)
@@ -708,7 +757,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--autoencoder", help="the local autoencoder file that goes with --unet")
     parser.add_argument("--cache-dir", help="download cache (default $RESSHIFT_CACHE or ~/.cache/resshift)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPE_CHOICES],
+                        help="network precision (auto: fp16 on CUDA, fp32 on the CPU)")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="largest input accepted, in pixels (default 1024*1024)")
     parser.add_argument("--concurrency", type=int, default=1, help="jobs run at once; more are queued (default 1)")

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from .checkpoints import load_model, resolve_schedule
-from .errors import ResShiftError, WrongModelKindError
-from .hub import WeightFile, fetch_files
+from .errors import CheckpointError, ResShiftError, WrongModelKindError
+from . import hub
+from .hub import WeightFile
 from .models import ModelDescriptor
 from .releases import AUTOENCODERS, DEFAULT_RELEASE, AutoencoderRelease, Release, get_release, official_file
 from .runtime import choose_dtype, resolve_device
@@ -54,6 +55,7 @@ class HostFacts:
         find_file: the host's model folders (see :data:`FindFile`); official files found there are not fetched.
         fetch: the host's downloader (see :data:`FetchFiles`); default: the core's cache and downloader.
         cache_dir, download, progress: for the core's downloader (``download=False``: offline).
+        folders: the host's model folders, named in the error for a file found nowhere.
     """
 
     dtype: torch.dtype | str | Callable[[ModelDescriptor], torch.dtype | str | None] | None = None
@@ -64,6 +66,7 @@ class HostFacts:
     cache_dir: str | os.PathLike | None = None
     download: bool = True
     progress: object = True
+    folders: tuple[str, ...] = ()
 
     def host_dtype(self, unet: ModelDescriptor):
         return self.dtype(unet) if callable(self.dtype) else self.dtype
@@ -80,8 +83,8 @@ class HostFacts:
         missing = [item for item in files if item.file_name not in found]
         if missing:
             fetched = (self.fetch(missing) if self.fetch is not None else
-                       fetch_files(missing, cache_dir=self.cache_dir, download=self.download,
-                                   progress=self.progress))
+                       hub.fetch_files(missing, cache_dir=self.cache_dir, download=self.download,
+                                       progress=self.progress))
             found.update({item.file_name: Path(path) for item, path in zip(missing, fetched)})
         return [found[item.file_name] for item in files]
 
@@ -112,18 +115,50 @@ def _as_release(release: str | Release | None) -> Release | None:
     return release if isinstance(release, Release) or release is None else get_release(release)
 
 
-def _local_path(name: str | os.PathLike, host: HostFacts) -> Path:
-    """A file the user named: a path as it is, or an official file name through the host's folders and fetch."""
+def _found_locally(name, host: HostFacts) -> Path | None:
+    """A file the user named, as a path or in the host's folders; None when it is neither."""
     path = Path(name)
     if path.exists():
         return path
     found = host.find_file(str(name)) if host.find_file is not None else None
+    return Path(found) if found is not None else None
+
+
+def _wanted_official(name, host: HostFacts) -> WeightFile | None:
+    """The official file behind a bare official file name that is not here yet (to be fetched)."""
+    if name is None or isinstance(name, ModelDescriptor) or _found_locally(name, host) is not None:
+        return None
+    return official_file(str(name)) if Path(str(name)).name == str(name) else None
+
+
+def _local_path(name: str | os.PathLike, host: HostFacts, fetched: dict[str, Path]) -> Path:
+    """The local file of a name: a path, a file in the host's folders, or an official file fetched already."""
+    found = _found_locally(name, host) or fetched.get(str(name))
     if found is not None:
-        return Path(found)
-    official = official_file(str(name))
-    if official is not None and path.name == str(name):  # a bare official name: fetch it
-        return host.local_paths([official])[0]
-    return path  # the loader reports the missing file
+        return found
+    if host.folders:  # a host with model folders: say where the file was looked for
+        raise CheckpointError(f"{name} is not in the model folders ({', '.join(host.folders)}) and is not an "
+                              f"official file that could be downloaded: put the file there and refresh the list")
+    return Path(name)  # the loader says that the file does not exist
+
+
+def _fetch_named(unet, autoencoder, release: Release | None, host: HostFacts) -> tuple[Release | None, dict]:
+    """Fetch, in one request, every official file named or implied and not here (so that, offline, one error
+    names them all): the release's files when no UNet is given, named official files otherwise."""
+    if unet is None:
+        release = release or get_release(DEFAULT_RELEASE)
+        wanted = needed_files(release) if autoencoder is None else [release]
+        names = [release.file_name] + ([wanted[1].file_name] if autoencoder is None else [])
+        return release, dict(zip(names, host.local_paths(wanted)))
+    unet_file = _wanted_official(unet, host)
+    if unet_file is None:  # a local UNet: its autoencoder is fetched once the UNet says it needs one
+        return release, {}
+    wanted = [unet_file]
+    if isinstance(unet_file, Release):  # every release is latent: its autoencoder comes in the same request
+        named = _wanted_official(autoencoder, host) if autoencoder is not None else \
+            AUTOENCODERS[unet_file.autoencoder]
+        wanted += [named] if named is not None else []
+    return release, dict(zip((item.file_name for item in wanted), host.local_paths(wanted)))
 
 
 def load_networks(unet: str | os.PathLike | ModelDescriptor | None = None,
@@ -146,24 +181,29 @@ def load_networks(unet: str | os.PathLike | ModelDescriptor | None = None,
     release = _as_release(release)
     check_kinds(unet if isinstance(unet, ModelDescriptor) else None,
                 autoencoder if isinstance(autoencoder, ModelDescriptor) else None)
+    release, fetched = _fetch_named(unet, autoencoder, release, host)
     if unet is None:
-        release = release or get_release(DEFAULT_RELEASE)
-        wanted = needed_files(release) if autoencoder is None else [release]
-        paths = host.local_paths(wanted)  # one request for both files
-        unet, autoencoder = paths[0], (paths[1] if autoencoder is None else autoencoder)
+        unet = fetched[release.file_name]
+        if autoencoder is None:
+            autoencoder = fetched[AUTOENCODERS[release.autoencoder].file_name]
     if not isinstance(unet, ModelDescriptor):
-        unet = load_model(_local_path(unet, host), expect="unet", release=release)
+        unet = load_model(_local_path(unet, host, fetched), expect="unet", release=release)
     elif release is not None:
         unet = renamed_release(unet, release)
     resolve_schedule(unet)  # an unknown schedule is said before an autoencoder is fetched
     if not unet.latent_space:
         if autoencoder is not None:
-            logger.warning("%s is a pixel-space model; the autoencoder given with it is not used", unet.identity.name)
+            logger.info("%s is a pixel-space model: no autoencoder is used with it", unet.identity.name)
         return unet, None
     if autoencoder is None:
-        autoencoder = host.local_paths([needed_autoencoder(unet)])[0]
+        needed = needed_autoencoder(unet)
+        autoencoder = fetched.get(needed.file_name) or host.local_paths([needed])[0]
+    elif not isinstance(autoencoder, ModelDescriptor) and str(autoencoder) not in fetched:
+        named = _wanted_official(autoencoder, host)
+        if named is not None:
+            fetched[named.file_name] = host.local_paths([named])[0]
     if not isinstance(autoencoder, ModelDescriptor):
-        autoencoder = load_model(_local_path(autoencoder, host), expect="autoencoder")
+        autoencoder = load_model(_local_path(autoencoder, host, fetched), expect="autoencoder")
     return unet, autoencoder
 
 

@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -311,51 +311,58 @@ def _flop_summary(counter) -> dict:
 
 # ----------------------------------------------------------------------------------------------------- one case
 def chop_stride(case: Case, options: argparse.Namespace) -> int:
-    """Stride of a -chopN case: --chop-stride, else the official script's default for N, else N - N/8."""
-    return options.chop_stride or OFFICIAL_CHOP_STRIDES.get(case.chop, case.chop - case.chop // 8)
+    """Stride of a -chopN case: --chop-stride, else the official script's default for N, else the library's
+    default (:func:`~resshift_core.tiling.default_chop_stride`, N - N/8)."""
+    from .tiling import default_chop_stride
+
+    return options.chop_stride or OFFICIAL_CHOP_STRIDES.get(case.chop, default_chop_stride(case.chop))
 
 
-def upscale_kwargs(case: Case, options: argparse.Namespace) -> dict:
-    """Keyword arguments of ``upscale`` for a case: untiled and chopped cases run with ``tiling="off"``, tiled ones
-    with ``--tiling-mode`` and the tile options given."""
+def upscale_kwargs(case: Case, options: argparse.Namespace, pipe) -> dict:
+    """Keyword arguments of ``upscale`` for a case: untiled and chopped cases run with ``tiles="off"``, tiled ones
+    with the settings ``pipe.tiles`` makes of ``--tiling-mode`` and the tile options given (the model's and the
+    device's defaults for the rest)."""
     if case.mode == "chop":
-        return {"chop_size": case.chop, "chop_stride": chop_stride(case, options), "tiling": "off"}
+        return {"chop_size": case.chop, "chop_stride": chop_stride(case, options), "tiles": "off"}
     if case.mode == "off":
-        return {"tiling": "off"}
-    kwargs: dict = {"tiling": options.tiling_mode}
-    for option in ("tile_size", "tile_overlap", "vae_tile_size", "tile_batch_size"):
-        value = getattr(options, option)
-        if value is not None:
-            kwargs[option] = value
-    return kwargs
+        return {"tiles": "off"}
+    return {"tiles": pipe.tiles(options.tiling_mode, options.tile_size, options.tile_overlap, options.vae_tile_size,
+                                options.tile_batch_size)}
+
+
+def recorded_kwargs(kwargs: dict) -> dict:
+    """``upscale`` keyword arguments as a JSON-serialisable record (tile settings as a dict of their fields)."""
+    from .tiling import TileSettings
+
+    return {key: asdict(value) if isinstance(value, TileSettings) else value for key, value in kwargs.items()}
 
 
 def build_pipeline(case: Case, paths: tuple[str, str], device, dtype, meta: bool = False,
                    channels_last: bool = True):
-    """The pipeline of a case from weight files, built like a host builds it (descriptors, ``from_loaded``);
-    ``meta``: the same networks on the meta device (no data; ``paths`` are then configs)."""
-    from .checkpoints import load_model
+    """The pipeline of a case from weight files, built like a host builds it (``ResShiftPipeline.assemble``);
+    ``meta``: the same networks on the meta device (no data; ``paths`` are then configs; descriptors and
+    ``from_loaded``)."""
+    from .pipeline import ResShiftPipeline
+
+    if not meta:
+        return ResShiftPipeline.assemble(paths[0], paths[1], release=case.release, device=device, dtype=dtype,
+                                         channels_last=channels_last)
     from .models import descriptor_for
     from .nets.unet import ResShiftUNet
     from .nets.vqgan import VQAutoencoder
-    from .pipeline import ResShiftPipeline
     from .releases import get_release
 
-    release = get_release(case.release)
-    if meta:
-        unet_config, vq_config = paths  # configs, not paths
-        with torch.device("meta"):
-            unet, autoencoder = ResShiftUNet(unet_config), VQAutoencoder(vq_config)
-        return ResShiftPipeline.from_loaded(descriptor_for(unet, release=release), descriptor_for(autoencoder),
-                                            device="meta", dtype=torch.float32, channels_last=channels_last)
-    unet = load_model(paths[0], expect="unet", release=release)
-    autoencoder = load_model(paths[1], expect="autoencoder")
-    return ResShiftPipeline.from_loaded(unet, autoencoder, device=device, dtype=dtype, channels_last=channels_last)
+    unet_config, vq_config = paths  # configs, not paths
+    with torch.device("meta"):
+        unet, autoencoder = ResShiftUNet(unet_config), VQAutoencoder(vq_config)
+    return ResShiftPipeline.from_loaded(descriptor_for(unet, release=get_release(case.release)),
+                                        descriptor_for(autoencoder), device="meta", dtype=torch.float32,
+                                        channels_last=channels_last)
 
 
 def chop_patch_count(size: int, chop: int, stride: int) -> int:
     """Patches of the official patch-wise processing of a size x size image."""
-    from .pipeline import chop_starts
+    from .tiling import chop_starts
 
     return len(chop_starts(size, chop, stride)) ** 2
 
@@ -377,7 +384,7 @@ def count_flops_meta(case: Case, configs, options) -> dict | None:
     from .nets.layers import NearestUpsampleConv
 
     pipe = build_pipeline(case, configs, "meta", torch.float32, meta=True)
-    kwargs = upscale_kwargs(case, options)
+    kwargs = upscale_kwargs(case, options, pipe)
     # The official graph runs its upsampling convs on the upsampled map; adding back what that costs gives the work
     # the official code does for this output, so that GFLOP/s can also be read as an effective rate.
     saved = [0]
@@ -436,16 +443,129 @@ class ComponentTimer:
             self.totals[name] = 0.0
             self.calls[name] = 0
 
+    def split(self, repeat: int, mean_wall: float) -> dict:
+        """Record fields of ``repeat`` timed runs of mean wall time ``mean_wall``: mean seconds per run in each
+        network ("other": the rest: padding, noise, quantisation, blending) and network calls per run."""
+        split = {k: v / repeat for k, v in self.totals.items()}
+        split["other"] = mean_wall - sum(split.values())
+        return {"seconds_split": split, "network_calls": {k: v // repeat for k, v in self.calls.items()}}
+
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
 
 
-def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tuple[str, str],
-             output_path: str | None, flops: dict | None) -> dict:
-    """Time one case in this process. Returns its result record."""
-    from .pipeline import parse_dtype
-    from .runtime import cpu_allocator_tuned, tune_cpu_allocator
+@dataclass
+class CaseRunner:
+    """One case ready to run: its pipeline, input image and ``upscale`` arguments."""
+
+    pipe: object
+    image: torch.Tensor
+    kwargs: dict
+    seed: int
+    device: torch.device
+
+    def run(self) -> tuple[torch.Tensor, float, float]:
+        """One synchronised ``upscale``: (output, wall seconds, CPU seconds of this process)."""
+        _sync(self.device)
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = self.pipe.upscale(self.image, seed=self.seed, **self.kwargs)
+        _sync(self.device)
+        return out, time.perf_counter() - wall, time.process_time() - cpu
+
+    def counted_run(self, method: str) -> tuple[dict, float]:
+        """One run under the FLOP counter: (its FLOP summary with ``method``, its wall seconds)."""
+        with flop_counter() as counter:
+            _, wall, _ = self.run()
+        flops = _flop_summary(counter)
+        flops["method"] = method
+        return flops, wall
+
+
+def estimate_record(pipe, size: int, tiles) -> dict:
+    """The library's own estimate of what a size x size run needs beyond the weights, and its plan, to compare with
+    the measurement (an error is recorded, never raised: a figure beside the timing)."""
+    try:
+        return {"estimated_working_mib": pipe.working_memory(size, size, tiles=tiles) / _MIB,
+                "plan": pipe.plan(size, size, tiles=tiles).describe()}
+    except Exception as error:  # noqa: BLE001 - a figure beside the timing, never a reason to lose the timing
+        return {"estimate_error": f"{type(error).__name__}: {error}"}
+
+
+def start_memory(device: torch.device) -> tuple[float, dict]:
+    """Collect garbage and reset the peak-memory mark; returns the memory in use now (MiB, the base of the growth)
+    and the record fields of the reset (on the CPU whether the peak could be reset)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device) / _MIB, {}
+    fields = {"peak_reset": _reset_cpu_peak()}
+    return (_status_kib("VmRSS") or 0) / 1024, fields
+
+
+def memory_record(device: torch.device, base_memory: float, peak_reset: bool | None) -> dict:
+    """Peak memory since :func:`start_memory` and its growth over ``base_memory`` (MiB), as record fields."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / _MIB
+        return {"peak_memory_mib": peak, "memory_growth_mib": peak - base_memory,
+                "peak_reserved_mib": torch.cuda.max_memory_reserved(device) / _MIB, "memory_kind": "cuda allocated"}
+    peak = _cpu_peak_mib()
+    return {"peak_memory_mib": peak, "memory_growth_mib": peak - base_memory,
+            "memory_kind": "RSS peak (VmHWM)" if peak_reset else "ru_maxrss (process lifetime)"}
+
+
+def warm_up(runner: CaseRunner, warmup: int, flops: dict | None) -> tuple[float | None, dict | None]:
+    """The un-timed runs; FLOPs are counted on the first when not counted before. Returns (the first run's
+    seconds, the FLOP summary)."""
+    first_s = None
+    for number in range(warmup):
+        if flops is None and number == 0:
+            flops, first_s = runner.counted_run("counted on the warm-up run")
+        else:
+            _, elapsed, _ = runner.run()
+            first_s = first_s if first_s is not None else elapsed
+    return first_s, flops
+
+
+def timed_runs(runner: CaseRunner, repeat: int, dtype: torch.dtype, peak_seconds: float):
+    """The timed runs, between two measurements of the device's peak. Returns (last output, wall seconds, CPU
+    seconds, the ``device_peak`` record)."""
+    # The device's peak right before and after the timed runs, in this process: the speed of a shared or
+    # frequency-scaling machine drifts, so a peak measured minutes earlier can be 15% off.
+    peaks = [measure_peak(runner.device, dtype, target_s=peak_seconds / 2)]
+    out, walls, cpus = None, [], []
+    for _ in range(repeat):
+        out, wall, cpu = runner.run()
+        walls.append(wall)
+        cpus.append(cpu)
+    peaks.append(measure_peak(runner.device, dtype, target_s=peak_seconds / 2))
+    device_peak = {"gflops": max(p["gflops"] for p in peaks), "conv_gflops": max(p["conv_gflops"] for p in peaks),
+                   "measured": peaks, "reference": "best of the measurements before and after the runs"}
+    return out, walls, cpus, device_peak
+
+
+def timing_record(out: torch.Tensor, walls: list[float], cpus: list[float], first_s: float | None, flops: dict,
+                  options: argparse.Namespace, device: torch.device) -> dict:
+    """The result fields of the timed runs: sizes, seconds, throughput, CPU use and FLOP rates."""
+    seconds = statistics.median(walls)
+    out_h, out_w = out.shape[-2:]
+    return dict(status="ok", output=[int(out_h), int(out_w)], seconds=seconds, seconds_min=min(walls),
+                seconds_all=walls, first_run_seconds=first_s, warmup=options.warmup, repeat=options.repeat,
+                megapixels_per_second=out_h * out_w / 1e6 / seconds,
+                cpu_utilisation=(statistics.median(cpus) / seconds / torch.get_num_threads()
+                                 if device.type == "cpu" else None),
+                flops=flops["total"], flops_split=flops["split"], flops_by_op=flops.get("by_op"),
+                flops_method=flops.get("method", "?"), gflops_per_second=flops["total"] / seconds / 1e9,
+                flops_official_graph=flops.get("official_graph_total"),
+                load_average=os.getloadavg() if hasattr(os, "getloadavg") else None)
+
+
+def prepare_case(case: Case, dtype_name: str, options: argparse.Namespace,
+                 paths: tuple[str, str]) -> tuple[CaseRunner, dict]:
+    """Build a case's pipeline (compiled with --compile) and input; returns its runner and the record so far
+    (settings, input, upscale arguments, the library's memory estimate)."""
+    from .runtime import cpu_allocator_tuned, parse_dtype, tune_cpu_allocator
 
     device = torch.device(options.device)
     dtype = parse_dtype(dtype_name)
@@ -455,91 +575,39 @@ def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tu
                     "device": str(device), "threads": torch.get_num_threads(), "channels_last": options.channels_last,
                     "cpu_allocator": "heap (runtime.tune_cpu_allocator)" if cpu_allocator_tuned() else "default"}
     pipe = build_pipeline(case, paths, device, dtype, channels_last=options.channels_last)
-    kwargs = upscale_kwargs(case, options)
+    kwargs = upscale_kwargs(case, options, pipe)
     if options.compile:
         pipe.compile()
         record["compiled"] = True
-    image = input_image(case.size).to(device)
+    runner = CaseRunner(pipe, input_image(case.size).to(device), kwargs, options.seed, device)
     record.update(input=[case.size, case.size], input_source=getattr(input_image, "source", "?"),
-                  upscale_kwargs=kwargs)
+                  upscale_kwargs=recorded_kwargs(kwargs))
     if case.mode != "chop":  # the library's own estimate of what the run needs beyond the weights, to compare
-        try:
-            record["estimated_working_mib"] = pipe.working_memory(case.size, case.size, **kwargs) / _MIB
-            record["plan"] = pipe.plan(case.size, case.size, tiles=pipe.tile_settings(**{
-                k: v for k, v in kwargs.items() if k != "tiling"}, tiling=kwargs.get("tiling"))).describe()
-        except Exception as error:  # noqa: BLE001 - a figure beside the timing, never a reason to lose the timing
-            record["estimate_error"] = f"{type(error).__name__}: {error}"
+        record.update(estimate_record(pipe, case.size, kwargs["tiles"]))
+    return runner, record
 
-    def one_run():
-        _sync(device)
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = pipe.upscale(image, seed=options.seed, **kwargs)
-        _sync(device)
-        return out, time.perf_counter() - wall, time.process_time() - cpu
 
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base_memory = torch.cuda.memory_allocated(device) / _MIB
-    else:
-        record["peak_reset"] = _reset_cpu_peak()
-        base_memory = (_status_kib("VmRSS") or 0) / 1024
-    timer = None if options.compile else ComponentTimer(pipe, device)
-    first_s = None
-    for number in range(options.warmup):
-        if flops is None and number == 0:
-            with flop_counter() as counter:
-                out, first_s, _ = one_run()
-            flops = _flop_summary(counter)
-            flops["method"] = "counted on the warm-up run"
-        else:
-            out, elapsed, _ = one_run()
-            first_s = first_s if first_s is not None else elapsed
+def run_case(case: Case, dtype_name: str, options: argparse.Namespace, paths: tuple[str, str],
+             output_path: str | None, flops: dict | None) -> dict:
+    """Time one case in this process. Returns its result record."""
+    from .runtime import parse_dtype
+
+    runner, record = prepare_case(case, dtype_name, options, paths)
+    base_memory, reset_fields = start_memory(runner.device)
+    record.update(reset_fields)
+    timer = None if options.compile else ComponentTimer(runner.pipe, runner.device)
+    first_s, flops = warm_up(runner, options.warmup, flops)
     if timer:
         timer.reset()
-    # The device's peak right before and after the timed runs, in this process: the speed of a shared or
-    # frequency-scaling machine drifts, so a peak measured minutes earlier can be 15% off.
-    peaks = [measure_peak(device, dtype, target_s=options.peak_seconds / 2)]
-    walls, cpus = [], []
-    for _ in range(options.repeat):
-        out, wall, cpu = one_run()
-        walls.append(wall)
-        cpus.append(cpu)
-    peaks.append(measure_peak(device, dtype, target_s=options.peak_seconds / 2))
-    record["device_peak"] = {"gflops": max(p["gflops"] for p in peaks),
-                             "conv_gflops": max(p["conv_gflops"] for p in peaks),
-                             "measured": peaks, "reference": "best of the measurements before and after the runs"}
-    if timer:  # mean seconds per run in each network; "other": the rest (padding, noise, quantisation, blending)
-        split = {k: v / options.repeat for k, v in timer.totals.items()}
-        split["other"] = statistics.fmean(walls) - sum(split.values())
-        record["seconds_split"] = split
-        record["network_calls"] = {k: v // options.repeat for k, v in timer.calls.items()}
+    out, walls, cpus, record["device_peak"] = timed_runs(runner, options.repeat, parse_dtype(dtype_name),
+                                                         options.peak_seconds)
+    if timer:
+        record.update(timer.split(options.repeat, statistics.fmean(walls)))
         timer.remove()
     if flops is None:  # no warm-up run to count on (--warmup 0) and no meta count
-        with flop_counter() as counter:
-            pipe.upscale(image, seed=options.seed, **kwargs)
-        flops = _flop_summary(counter)
-        flops["method"] = "counted on an extra run"
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / _MIB
-        record.update(peak_memory_mib=peak, memory_growth_mib=peak - base_memory,
-                      peak_reserved_mib=torch.cuda.max_memory_reserved(device) / _MIB, memory_kind="cuda allocated")
-    else:
-        peak = _cpu_peak_mib()
-        record.update(peak_memory_mib=peak, memory_growth_mib=peak - base_memory,
-                      memory_kind="RSS peak (VmHWM)" if record["peak_reset"] else "ru_maxrss (process lifetime)")
-    seconds = statistics.median(walls)
-    out_h, out_w = out.shape[-2:]
-    record.update(status="ok", output=[int(out_h), int(out_w)], seconds=seconds, seconds_min=min(walls),
-                  seconds_all=walls, first_run_seconds=first_s, warmup=options.warmup, repeat=options.repeat,
-                  megapixels_per_second=out_h * out_w / 1e6 / seconds,
-                  cpu_utilisation=(statistics.median(cpus) / seconds / torch.get_num_threads()
-                                   if device.type == "cpu" else None),
-                  flops=flops["total"], flops_split=flops["split"], flops_by_op=flops.get("by_op"),
-                  flops_method=flops.get("method", "?"), gflops_per_second=flops["total"] / seconds / 1e9,
-                  flops_official_graph=flops.get("official_graph_total"),
-                  load_average=os.getloadavg() if hasattr(os, "getloadavg") else None)
+        flops, _ = runner.counted_run("counted on an extra run")
+    record.update(memory_record(runner.device, base_memory, record.get("peak_reset")))
+    record.update(timing_record(out, walls, cpus, first_s, flops, options, runner.device))
     if output_path:
         np.save(output_path, out.float().cpu().numpy())
     return record
@@ -609,9 +677,10 @@ def format_table(records: list[dict], peaks: dict) -> str:
     notes += effective_notes
     for r in records:
         if r.get("status") == "ok" and r.get("estimated_working_mib") and r.get("memory_growth_mib"):
+            ratio = r["estimated_working_mib"] / r["memory_growth_mib"]
             notes.append(f"{r['case']} {r['dtype']}: {r.get('plan', '')}; memory beyond the weights measured "
                          f"{r['memory_growth_mib']:.0f} MiB ({r['memory_kind']}), estimated "
-                         f"{r['estimated_working_mib']:.0f} MiB ({r['estimated_working_mib'] / r['memory_growth_mib']:.2f}x)")
+                         f"{r['estimated_working_mib']:.0f} MiB ({ratio:.2f}x)")
     methods = sorted({r.get("flops_method") for r in records if r.get("status") == "ok"})
     if methods:
         notes.append("FLOPs: " + "; ".join(methods))
@@ -703,31 +772,30 @@ def _child_main(options) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    options = build_parser().parse_args(argv)
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    if options.case:
-        return _child_main(options)
-    if options.list:
-        for name, text in PRESETS.items():
-            print(f"{name:16s} {text}{'  (default)' if name in DEFAULT_CASES else ''}")
-        print("\nAny [TAG-]SIZE[-tiled|-chopN] works too, e.g. 128, v1-256-tiled, bicsr-64.")
-        return 0
+def list_cases() -> None:
+    """Print the named cases (--list)."""
+    for name, text in PRESETS.items():
+        print(f"{name:16s} {text}{'  (default)' if name in DEFAULT_CASES else ''}")
+    print("\nAny [TAG-]SIZE[-tiled|-chopN] works too, e.g. 128, v1-256-tiled, bicsr-64.")
 
-    from .checkpoints import load_model
-    from .pipeline import parse_dtype
-    from .releases import AUTOENCODERS, get_release
+
+def cases_and_dtypes(options: argparse.Namespace) -> tuple[list[Case], list[str]]:
+    """The cases and the dtype names of the command line (dtypes without repeats, fp32 first)."""
+    from .runtime import parse_dtype
 
     cases = [parse_case(name, options.release) for name in options.cases.split(",") if name.strip()]
     dtypes = [d.strip().lower() for d in options.dtype.split(",") if d.strip()]
     dtypes = sorted(dict.fromkeys(dtypes), key=lambda d: parse_dtype(d) != torch.float32)  # fp32 first
-    device = torch.device(options.device)
-    work = Path(tempfile.mkdtemp(prefix="resshift_bench_"))  # case results, outputs, random weights: removed at exit
-    atexit.register(shutil.rmtree, work, True)
+    return cases, dtypes
 
-    # Weights: random (saved with the project's functions, loaded by each case like a user file) or given files.
-    releases = sorted({case.release for case in cases})
+
+def prepare_weights(options: argparse.Namespace, releases: list[str], work: Path) -> tuple[dict, dict, str]:
+    """The weights of each release: random (saved with the project's functions, loaded by each case like a user
+    file) or the files given. Returns ({release: (unet, autoencoder) paths}, {release: (unet, autoencoder)
+    configs}, a description for the report)."""
+    from .checkpoints import load_model
+    from .releases import AUTOENCODERS, get_release
+
     if options.unet or options.autoencoder:
         if not (options.unet and options.autoencoder):
             raise SystemExit("--unet and --autoencoder go together")
@@ -735,73 +803,104 @@ def main(argv: list[str] | None = None) -> int:
         unet_config = load_model(options.unet, expect="unet", release=releases[0]).network.config
         vq_config = load_model(options.autoencoder, expect="autoencoder").network.config
         configs = {name: (unet_config, vq_config) for name in releases}
-        weights = f"files {options.unet}, {options.autoencoder}"
-    else:
-        folder = Path(options.save_weights) if options.save_weights else work
-        print(f"building random weights (seed {options.seed}) for {', '.join(releases)} ...", flush=True)
-        paths = save_random_weights(releases, options.seed, folder)
-        configs = {name: (get_release(name).unet, AUTOENCODERS[get_release(name).autoencoder].config)
-                   for name in releases}
-        weights = f"random (seed {options.seed})" + (f", saved in {folder}" if options.save_weights else "")
+        return paths, configs, f"files {options.unet}, {options.autoencoder}"
+    folder = Path(options.save_weights) if options.save_weights else work
+    print(f"building random weights (seed {options.seed}) for {', '.join(releases)} ...", flush=True)
+    paths = save_random_weights(releases, options.seed, folder)
+    configs = {name: (get_release(name).unet, AUTOENCODERS[get_release(name).autoencoder].config)
+               for name in releases}
+    return paths, configs, f"random (seed {options.seed})" + (f", saved in {folder}" if options.save_weights else "")
 
-    print(f"device: {device_name(device)}; torch {torch.__version__}", flush=True)
+
+def measure_peaks(device: torch.device, dtypes: list[str], peak_seconds: float) -> dict:
+    """The device's peak in each dtype at the start (printed); {dtype name: :func:`measure_peak` result}."""
+    from .runtime import parse_dtype
+
     peaks = {}
     for dtype in dtypes:
-        peaks[dtype] = measure_peak(device, parse_dtype(dtype), target_s=options.peak_seconds)
-        peak = peaks[dtype]
+        peaks[dtype] = peak = measure_peak(device, parse_dtype(dtype), target_s=peak_seconds)
         print(f"peak {dtype}: {peak['gflops']:.1f} GFLOP/s (matmul {peak['matmul_size']}^2: "
               f"{peak['gflops']:.1f}, channels-last conv3x3 256ch {peak['conv_size']}^2: {peak['conv_gflops']:.1f})",
               flush=True)
+    return peaks
+
+
+def meta_flops(case: Case, configs, options: argparse.Namespace) -> dict | None:
+    """A case's FLOPs counted on the meta device, on the CPU only (meta counting uses the CPU tile defaults: exact
+    on the CPU only); None elsewhere or when counting fails (the cases then count on their warm-up run)."""
+    if torch.device(options.device).type != "cpu":
+        return None
+    try:
+        flops = count_flops_meta(case, configs, options)
+        if flops is not None:
+            flops.setdefault("method", "counted on the meta device")
+        return flops
+    except Exception as error:
+        print(f"  (meta FLOP count failed for {case.name}: {error}; counting on the warm-up run)")
+        return None
+
+
+def skip_status(dtype: str, fp32: dict | None, flops: dict | None, peaks: dict, limit: float) -> str | None:
+    """Why a reduced-precision case is skipped (its predicted seconds per run exceed ``limit``), or None to run it."""
+    from .runtime import parse_dtype
+
+    if not limit or parse_dtype(dtype) == torch.float32:
+        return None
+    if fp32 is not None:  # the fp32 time scaled by the ratio of the matmul peaks
+        predicted = fp32["seconds"] * peaks[fp32["dtype"]]["gflops"] / peaks[dtype]["gflops"]
+    elif flops is not None:  # half the matmul peak: typical of these networks in fp32
+        predicted = flops["total"] / (0.5 * peaks[dtype]["gflops"] * 1e9)
+    else:
+        return None
+    if predicted <= limit:
+        return None
+    return (f"skipped: predicted {predicted:.0f} s per run (> --max-run-seconds {limit:.0f}) from the {dtype} peak "
+            f"of {peaks[dtype]['gflops']:.1f} GFLOP/s")
+
+
+def run_case_process(options: argparse.Namespace, case: Case, dtype: str, paths, flops: dict | None,
+                     work: Path, output: str) -> dict:
+    """Run one case in a fresh subprocess (or in this process with --in-process); returns its record, a failure
+    record when it failed."""
+    if options.in_process:
+        try:
+            return run_case(case, dtype, options, paths, output, flops)
+        except Exception as error:
+            return {"case": case.name, "dtype": dtype, "status": f"failed: {type(error).__name__}: {error}"}
+    result = work / f"result_{case.name}_{dtype}.json"
+    argv = _child_argv(options, case, dtype, paths, str(result), output, flops, work)
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    completed = subprocess.run(argv, env=env)
+    if result.exists():
+        return json.loads(result.read_text())
+    return {"case": case.name, "dtype": dtype,
+            "status": f"failed: the case process exited with {completed.returncode}"
+                      + (" (killed: out of memory?)" if completed.returncode in (-9, 137) else "")}
+
+
+def run_cases(options: argparse.Namespace, cases: list[Case], dtypes: list[str], paths: dict, configs: dict,
+              peaks: dict, work: Path) -> list[dict]:
+    """Run every (case, dtype), fp32 first, printing progress; reduced precision is compared with the fp32 output
+    (PSNR) or skipped when predicted too slow. Returns the records."""
+    from .runtime import parse_dtype
 
     records: list[dict] = []
     outputs: dict[tuple[str, str], str] = {}
     for case in cases:
-        flops = None
-        if device.type == "cpu":  # meta counting uses the CPU tile defaults: exact on CPU only
-            try:
-                flops = count_flops_meta(case, configs[case.release], options)
-                if flops is not None:
-                    flops.setdefault("method", "counted on the meta device")
-            except Exception as error:
-                print(f"  (meta FLOP count failed for {case.name}: {error}; counting on the warm-up run)")
+        flops = meta_flops(case, configs[case.release], options)
         for dtype in dtypes:
             fp32 = next((r for r in records if r["case"] == case.name and r.get("status") == "ok"
                          and parse_dtype(r["dtype"]) == torch.float32), None)
-            limit = options.max_run_seconds
-            if limit and parse_dtype(dtype) != torch.float32:
-                if fp32 is not None:  # the fp32 time scaled by the ratio of the matmul peaks
-                    predicted = fp32["seconds"] * peaks[fp32["dtype"]]["gflops"] / peaks[dtype]["gflops"]
-                elif flops is not None:  # half the matmul peak: typical of these networks in fp32
-                    predicted = flops["total"] / (0.5 * peaks[dtype]["gflops"] * 1e9)
-                else:
-                    predicted = None
-                if predicted is not None and predicted > limit:
-                    records.append({"case": case.name, "release": case.release, "dtype": dtype,
-                                    "status": f"skipped: predicted {predicted:.0f} s per run (> --max-run-seconds "
-                                              f"{limit:.0f}) from the {dtype} peak of "
-                                              f"{peaks[dtype]['gflops']:.1f} GFLOP/s"})
-                    print(f"{case.name} {dtype}: {records[-1]['status']}", flush=True)
-                    continue
+            skipped = skip_status(dtype, fp32, flops, peaks, options.max_run_seconds)
+            if skipped:
+                records.append({"case": case.name, "release": case.release, "dtype": dtype, "status": skipped})
+                print(f"{case.name} {dtype}: {skipped}", flush=True)
+                continue
             print(f"running {case.name} {dtype} ...", flush=True)
-            result = work / f"result_{case.name}_{dtype}.json"
             output = str(work / f"out_{case.name}_{dtype}.npy")
-            if options.in_process:
-                try:
-                    record = run_case(case, dtype, options, paths[case.release], output, flops)
-                except Exception as error:
-                    record = {"case": case.name, "dtype": dtype, "status": f"failed: {type(error).__name__}: {error}"}
-            else:
-                argv = _child_argv(options, case, dtype, paths[case.release], str(result), output, flops, work)
-                env = dict(os.environ)
-                package_root = str(Path(__file__).resolve().parents[1])
-                env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-                completed = subprocess.run(argv, env=env)
-                if result.exists():
-                    record = json.loads(result.read_text())
-                else:
-                    record = {"case": case.name, "dtype": dtype,
-                              "status": f"failed: the case process exited with {completed.returncode}"
-                                        + (" (killed: out of memory?)" if completed.returncode in (-9, 137) else "")}
+            record = run_case_process(options, case, dtype, paths[case.release], flops, work, output)
             if record.get("status") == "ok":
                 outputs[(case.name, dtype)] = output
                 if fp32 is not None and (case.name, fp32["dtype"]) in outputs:
@@ -811,12 +910,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"  {record.get('status')}", flush=True)
             records.append(record)
+    return records
 
-    report = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+
+def report(options: argparse.Namespace, device: torch.device, weights: str, peaks: dict, records: list[dict]) -> None:
+    """Print the table and its notes; write (or print, --json -) the JSON report."""
+    result = {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
               "threads": torch.get_num_threads(), "weights": weights, "peaks": peaks, "cases": records,
               "python": platform.python_version(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     print()
-    print(f"device: {report['device']}; weights: {weights}; median of {options.repeat} runs after "
+    print(f"device: {result['device']}; weights: {weights}; median of {options.repeat} runs after "
           f"{options.warmup} warm-up")
     print("peak at the start: " + ", ".join(f"{d} matmul {p['gflops']:.1f} GFLOP/s, conv3x3 {p['conv_gflops']:.1f}"
                                              for d, p in peaks.items())
@@ -825,9 +928,30 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(records, peaks))
     if options.json == "-":
         print()
-        print(json.dumps(report, indent=1, default=str))
+        print(json.dumps(result, indent=1, default=str))
     elif options.json:
-        Path(options.json).write_text(json.dumps(report, indent=1, default=str))
+        Path(options.json).write_text(json.dumps(result, indent=1, default=str))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command: arguments, weights, the device's peaks, every case, the report (or one case in a child)."""
+    options = build_parser().parse_args(argv)
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    if options.case:
+        return _child_main(options)
+    if options.list:
+        list_cases()
+        return 0
+    cases, dtypes = cases_and_dtypes(options)
+    device = torch.device(options.device)
+    work = Path(tempfile.mkdtemp(prefix="resshift_bench_"))  # case results, outputs, random weights: removed at exit
+    atexit.register(shutil.rmtree, work, True)
+    paths, configs, weights = prepare_weights(options, sorted({case.release for case in cases}), work)
+    print(f"device: {device_name(device)}; torch {torch.__version__}", flush=True)
+    peaks = measure_peaks(device, dtypes, options.peak_seconds)
+    records = run_cases(options, cases, dtypes, paths, configs, peaks, work)
+    report(options, device, weights, peaks, records)
     return 0
 
 

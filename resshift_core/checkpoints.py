@@ -20,7 +20,7 @@ import re
 import struct
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -204,33 +204,9 @@ def _indices(tensors: Mapping, pattern: str) -> list[int]:
     return sorted({int(m.group(1)) for key in tensors if (m := regex.match(key))})
 
 
-def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int | None = None,
-                      space_to_depth: int = 1) -> UNetConfig:
-    """UNet hyper-parameters from tensor shapes (channels, levels, heads, windows, LR path, mask input).
-
-    The construction size ``image_size`` is read from the stored shift masks; without them it falls back to
-    ``image_size_hint`` or to the size at which the deepest level is exactly one window (the released layout).
-    ``space_to_depth`` cannot be told from shapes (a 48-channel output may be 3 channels unshuffled by 4): files from
-    our trainer record it in their metadata, released files have none (1).
-    """
-    cells = space_to_depth ** 2
-    model_channels = tensors["time_embed.0.weight"].shape[1]
-    out_rows, in_rows = tensors["out.2.weight"].shape[0], tensors["input_blocks.0.0.weight"].shape[1]
-    if out_rows % cells or in_rows % cells:
-        raise ValueError(f"space_to_depth {space_to_depth} does not fit its channels (output {out_rows}, input "
-                         f"{in_rows}: not multiples of {cells})")
-    out_channels, first_in = out_rows // cells, in_rows // cells
-    extractor_convs = _indices(tensors, r"feature_extractor\.(\d+)\.weight$")
-    stages = len(extractor_convs)
-    if stages:
-        cond_mask = tensors["feature_extractor.0.weight"].shape[1] == 4
-        cond_channels = tensors[f"feature_extractor.{3 * stages - 1}.op.weight"].shape[0]
-        in_channels = first_in - cond_channels
-    else:
-        in_channels = out_channels
-        cond_mask = first_in - in_channels == 4
-
-    # Walk the encoder: a Downsample ('op') closes a level; other blocks are ResBlocks of the current level.
+def _encoder_levels(tensors: Mapping[str, torch.Tensor], model_channels: int) -> tuple[list, list, list]:
+    """Walk the encoder: a Downsample ('op') closes a level; other blocks are ResBlocks of the current level.
+    Returns (channel_mult, num_res_blocks, has_swin) per level."""
     channel_mult, num_res_blocks, swin_levels = [], [], []
     count, level_mult, level_has_swin = 0, None, False
     for index in _indices(tensors, r"input_blocks\.(\d+)\.")[1:]:
@@ -248,47 +224,74 @@ def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int 
     channel_mult.append(level_mult)
     num_res_blocks.append(count)
     swin_levels.append(level_has_swin)
-    num_levels = len(channel_mult)
+    return channel_mult, num_res_blocks, swin_levels
 
-    swin = "middle_block.1."
-    embed_dim = tensors[swin + "patch_embed.proj.weight"].shape[0]
-    depth = len(_indices(tensors, r"middle_block\.1\.blocks\.(\d+)\."))
-    num_heads = tensors[swin + "blocks.0.attn.relative_position_bias_table"].shape[1]
-    mlp_ratio = tensors[swin + "blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
-    patch_norm = swin + "patch_embed.norm.weight" in tensors
 
-    def block_window(prefix: str) -> int:
-        rows = tensors[prefix + "blocks.0.attn.relative_position_bias_table"].shape[0]
-        return (int(round(math.sqrt(rows))) + 1) // 2
+def _swin_window(tensors: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """The window of a Swin layer, from the size of its relative position bias table ((2w - 1)^2 rows)."""
+    rows = tensors[prefix + "blocks.0.attn.relative_position_bias_table"].shape[0]
+    return (int(round(math.sqrt(rows))) + 1) // 2
 
-    # Windows and construction size, level by level.
-    encoder_swin_prefix = {}
-    index = 1
+
+def _construction_size(tensors: Mapping[str, torch.Tensor], num_res_blocks: list, swin_levels: list,
+                       image_size_hint: int | None, space_to_depth: int) -> tuple[int, int]:
+    """(window_size, image_size on the network's grid): the windows level by level, and the construction size from
+    the stored shift masks, else from a level whose window shrank to its own size, else the hint or the released
+    layout (the deepest level exactly one window)."""
+    num_levels = len(num_res_blocks)
+    encoder_swin_prefix, index = {}, 1
     for level in range(num_levels):
         if swin_levels[level]:
             encoder_swin_prefix[level] = f"input_blocks.{index}.1."
         index += num_res_blocks[level] + (1 if level < num_levels - 1 else 0)
-    windows = {level: block_window(p) for level, p in encoder_swin_prefix.items()}
-    windows[num_levels - 1] = block_window(swin)  # the middle block sits at the deepest level
+    windows = {level: _swin_window(tensors, p) for level, p in encoder_swin_prefix.items()}
+    windows[num_levels - 1] = _swin_window(tensors, "middle_block.1.")  # the middle block sits at the deepest level
     window_size = max(windows.values())
-    image_size = None
     for level, prefix in sorted(encoder_swin_prefix.items()):
         mask = tensors.get(prefix + "blocks.1.attn_mask")
         if mask is not None:
-            windows_per_side = int(round(math.sqrt(mask.shape[0])))
-            image_size = 2 ** level * windows[level] * windows_per_side
-            break
-    if image_size is None:
-        for level, window in sorted(windows.items()):
-            if window < window_size:  # a level smaller than the window shrank it to its own size
-                image_size = 2 ** level * window
-                break
-    if image_size is None:
-        image_size = image_size_hint // space_to_depth if image_size_hint else window_size * 2 ** (num_levels - 1)
-        if image_size_hint is None:
-            logger.info("no shift masks in the UNet file; assuming construction size %d (released layout)", image_size)
+            return window_size, 2 ** level * windows[level] * int(round(math.sqrt(mask.shape[0])))
+    for level, window in sorted(windows.items()):
+        if window < window_size:  # a level smaller than the window shrank it to its own size
+            return window_size, 2 ** level * window
+    if image_size_hint is None:
+        logger.info("no shift masks in the UNet file; assuming construction size %d (released layout)",
+                    window_size * 2 ** (num_levels - 1))
+        return window_size, window_size * 2 ** (num_levels - 1)
+    return window_size, image_size_hint // space_to_depth
+
+
+def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int | None = None,
+                      space_to_depth: int = 1) -> UNetConfig:
+    """UNet hyper-parameters from tensor shapes (channels, levels, heads, windows, LR path, mask input).
+
+    The construction size ``image_size`` is read from the stored shift masks; without them it falls back to
+    ``image_size_hint`` or to the size at which the deepest level is exactly one window (the released layout).
+    ``space_to_depth`` cannot be told from shapes (a 48-channel output may be 3 channels unshuffled by 4): files from
+    our trainer record it in their metadata, released files have none (1).
+    """
+    cells = space_to_depth ** 2
+    model_channels = tensors["time_embed.0.weight"].shape[1]
+    out_rows, in_rows = tensors["out.2.weight"].shape[0], tensors["input_blocks.0.0.weight"].shape[1]
+    if out_rows % cells or in_rows % cells:
+        raise ValueError(f"space_to_depth {space_to_depth} does not fit its channels (output {out_rows}, input "
+                         f"{in_rows}: not multiples of {cells})")
+    out_channels, first_in = out_rows // cells, in_rows // cells
+    stages = len(_indices(tensors, r"feature_extractor\.(\d+)\.weight$"))
+    if stages:
+        cond_mask = tensors["feature_extractor.0.weight"].shape[1] == 4
+        in_channels = first_in - tensors[f"feature_extractor.{3 * stages - 1}.op.weight"].shape[0]
+    else:
+        in_channels = out_channels
+        cond_mask = first_in - in_channels == 4
+    channel_mult, num_res_blocks, swin_levels = _encoder_levels(tensors, model_channels)
+    swin = "middle_block.1."
+    embed_dim = tensors[swin + "patch_embed.proj.weight"].shape[0]
+    window_size, image_size = _construction_size(tensors, num_res_blocks, swin_levels, image_size_hint,
+                                                 space_to_depth)
     # Sizes so far are on the network's (space-to-depth) grid; image_size is the input's.
-    attention_resolutions = tuple(image_size // 2 ** level for level in range(num_levels) if swin_levels[level])
+    attention_resolutions = tuple(image_size // 2 ** level for level in range(len(channel_mult))
+                                  if swin_levels[level])
     image_size *= space_to_depth
     emb_out = tensors["input_blocks.1.0.emb_layers.1.weight"].shape[0]
     res_out = tensors["input_blocks.1.0.out_layers.3.weight"].shape[0]
@@ -296,9 +299,11 @@ def infer_unet_config(tensors: Mapping[str, torch.Tensor], image_size_hint: int 
         in_channels=in_channels, out_channels=out_channels, model_channels=model_channels,
         channel_mult=tuple(channel_mult), num_res_blocks=tuple(num_res_blocks),
         attention_resolutions=attention_resolutions, image_size=image_size, lq_size=image_size * 2 ** stages,
-        cond_mask=cond_mask, swin_depth=depth, swin_embed_dim=embed_dim, num_heads=num_heads,
-        window_size=window_size, mlp_ratio=mlp_ratio, patch_norm=patch_norm,
-        use_scale_shift_norm=emb_out == 2 * res_out, space_to_depth=space_to_depth)
+        cond_mask=cond_mask, swin_depth=len(_indices(tensors, r"middle_block\.1\.blocks\.(\d+)\.")),
+        swin_embed_dim=embed_dim, num_heads=tensors[swin + "blocks.0.attn.relative_position_bias_table"].shape[1],
+        window_size=window_size, mlp_ratio=tensors[swin + "blocks.0.mlp.fc1.weight"].shape[0] / embed_dim,
+        patch_norm=swin + "patch_embed.norm.weight" in tensors, use_scale_shift_norm=emb_out == 2 * res_out,
+        space_to_depth=space_to_depth)
 
 
 def infer_vq_config(tensors: Mapping[str, torch.Tensor]) -> VQConfig:

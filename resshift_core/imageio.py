@@ -191,6 +191,19 @@ def _decode_pillow(image) -> DecodedImage:
     return DecodedImage(np.ascontiguousarray(samples[..., :3]), alpha, False, False, icc)
 
 
+def mask_plane(mask: DecodedImage, image: DecodedImage, where: str = "the mask") -> np.ndarray:
+    """An inpainting mask read like any image -> (H, W) float32 in [0, 1] (its luma; white = fill), checked to match
+    the image's size: the one mask rule of the command line and the app.
+
+    Raises:
+        InputImageError: the mask's size is not the image's.
+    """
+    if (mask.height, mask.width) != (image.height, image.width):
+        raise InputImageError(f"{where} is {mask.width}x{mask.height} but the image is {image.width}x{image.height}; "
+                              f"give a mask of the image's size (white = region to fill)")
+    return mask.rgb @ LUMA_WEIGHTS
+
+
 def upscale_alpha(alpha, width: int, height: int):
     """Plain bicubic resize of alpha (float in [0, 1]) to (height, width), clamped: the project's one alpha rule.
 

@@ -270,11 +270,22 @@ class ResShiftPipeline(PipelineStages):
                                                               one_step=one_step)
 
     def working_memory(self, height: int, width: int, *, batch: int = 1, dtype: str | torch.dtype | None = None,
-                       tiles: TilesArgument = None, one_step: bool | None = None) -> int:
+                       tiles: TilesArgument = None, one_step: bool | None = None,
+                       size: OutputSize | None = None) -> int:
         """:meth:`estimate_memory` without the weights: what a host with the weights already on the device (for
-        ComfyUI, ``memory_required``) must keep free."""
-        plan = self.plan(height, width, batch=batch, tiles=tiles, one_step=one_step)
-        return self.working_memory_of(plan, parse_dtype(dtype) if dtype is not None else None)
+        ComfyUI, ``memory_required``) must keep free. With an output ``size``, the largest of its passes."""
+        tiles = self._tiles_of(tiles)
+        size_plan = self.plan_size(width, height, size)
+        inputs = [(width, height), *size_plan.pass_sizes[:-1]]
+        return max(self.working_memory_of(self.plan(h, w, batch=batch, tiles=t, one_step=one_step),
+                                          parse_dtype(dtype) if dtype is not None else None)
+                   for (w, h), t in zip(inputs, self._pass_tiles(tiles, size_plan.passes)))
+
+    @staticmethod
+    def _pass_tiles(tiles: TileSettings, passes: int) -> list[TileSettings]:
+        """The tiling of each pass: later passes run on a large image, so "auto" tiles them."""
+        later = replace(tiles, mode="latent") if tiles.mode == "auto" else tiles
+        return [tiles] + [later] * (passes - 1)
 
     def latent_to_rgb(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latent -> (B, 3, h, w) float32 in [0, 1] without the decoder (previews; see
@@ -456,8 +467,7 @@ class ResShiftPipeline(PipelineStages):
         mask_m11 = prepare_mask(mask, batch, needs_mask=bool(self.unet.config.cond_mask))
         seed = self._seed_for_run(seed, generator, noise)
         generator_state = generator.get_state() if generator is not None else None
-        pass_tiles = [tiles] + [replace(tiles, mode="latent") if tiles.mode == "auto" else tiles] * (
-            size_plan.passes - 1)  # later passes run on a large image: tiled
+        pass_tiles = self._pass_tiles(tiles, size_plan.passes)
         sizes = [(width, height)] + list(size_plan.pass_sizes[:-1])
         calls = [self.plan(h, w, batch=batch.shape[0], tiles=t, one_step=one_step).network_calls
                  for (w, h), t in zip(sizes, pass_tiles)] if size_plan.passes > 1 else [0]

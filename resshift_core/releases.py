@@ -168,3 +168,11 @@ def autoencoder_for_file_name(file_name: str) -> AutoencoderRelease | None:
         if autoencoder.file_name.rsplit(".", 1)[0] == base:
             return autoencoder
     return None
+
+
+def official_tile_range() -> tuple[int, int]:
+    """(minimum, step) of the UNet tile sizes the released models take (latent pixels): what a host offers before
+    a model is loaded (see :func:`~resshift_core.tiling.tile_size_range`)."""
+    from .tiling import tile_size_range
+
+    return tile_size_range(get_release(DEFAULT_RELEASE).unet.latent_multiple)

@@ -87,11 +87,17 @@ def check_seed(seed) -> int:
     """
     from .errors import InvalidArgumentError
 
-    try:
-        value = int(seed)
-        whole = not isinstance(seed, bool) and float(seed) == value
-    except (TypeError, ValueError, OverflowError):
+    if isinstance(seed, bool):
         whole = False
+    elif isinstance(seed, int):
+        value, whole = seed, True
+    else:
+        try:
+            number = float(seed)
+            whole = number.is_integer()
+            value = int(number) if whole else 0
+        except (TypeError, ValueError, OverflowError):
+            whole = False
     if not whole or not 0 <= value <= MAX_SEED:
         raise InvalidArgumentError("seed", seed, f"a whole number from 0 to {MAX_SEED}")
     return value

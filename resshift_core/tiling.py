@@ -60,8 +60,9 @@ class TileSettings:
                 latent_multiple: int | None = None) -> TileSettings:
         """The one place a user's tiling choices become settings, validated.
 
-        Every front-end passes its values here as they are; 0, None and a negative overlap all mean "not given":
-        the model's own tile (``model_tile_size``, a model trained on crops) or the device's default. A tile smaller
+        Every front-end passes its values here; a tile size of 0 or None and an overlap of None mean "not given":
+        the model's own tile (``model_tile_size``, a model trained on crops) or the device's default (an overlap of 0
+        is no overlap). A tile smaller
         than the default keeps a proportionate default overlap (a quarter of the tile at most). ``tiling`` None
         means "auto", or "latent" when a tile size is given or the model asks for its own tile.
 
@@ -70,7 +71,6 @@ class TileSettings:
         """
         tile_size = tile_size or None
         vae_tile_size = vae_tile_size or None
-        tile_overlap = None if tile_overlap is None or tile_overlap < 0 else tile_overlap
         tiling = (tiling or "").strip().lower() or None
         if tiling is None:
             tiling = "latent" if tile_size or vae_tile_size or model_tile_size else "auto"

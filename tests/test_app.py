@@ -103,7 +103,7 @@ def test_arguments_and_defaults():
     args = parse_args([])
     assert (args.host, args.port, args.release, args.concurrency, args.share) == ("127.0.0.1", 7860, "realsr-v3",
                                                                                   1, False)
-    assert args.max_pixels == 1024 * 1024 and args.unet is None and args.dtype == "fp32"
+    assert args.max_pixels == 1024 * 1024 and args.unet is None and args.dtype == "auto"  # the core's rule
     with pytest.raises(AppSetupError, match="both --unet and --autoencoder"):
         AppSettings(unet=str(UNET))
     with pytest.raises(ResShiftError, match="unknown release"):
@@ -175,7 +175,7 @@ def test_input_checks(service, tmp_path):
         service.run(str(text), LOCAL_CHOICE)
     with pytest.raises(InputImageError, match="upload an image first"):
         service.run(None, LOCAL_CHOICE)
-    with pytest.raises(InputImageError, match="stride"):
+    with pytest.raises(ResShiftError, match="stride"):  # the core's chop rule
         service.run(astronaut(16), LOCAL_CHOICE, chop_size=16, chop_stride=32)
     with pytest.raises(InputImageError, match="seed"):
         service.run(astronaut(16), LOCAL_CHOICE, seed=None)

@@ -307,12 +307,15 @@ def test_batches_group_same_size_images_and_options_reach_the_pipeline(tmp_path,
     bicubic_model.clear()
     code, _, _ = run(capsys, "upscale", tmp_path / "other.png", "-o", tmp_path / "tiled", "--tile", "16",
                      "--overlap", "2", "--tiling", "latent", "--one-step", *MODEL)
-    assert code == 0 and bicubic_model == [{"batch": 1, "seed": 12345, "tiling": "latent", "tile_size": 16,
-                                            "tile_overlap": 2, "one_step": True}]
+    assert code == 0 and len(bicubic_model) == 1
+    call = bicubic_model[0]
+    assert (call["batch"], call["seed"], call["one_step"]) == (1, 12345, True)
+    tiles = call["tiles"]  # the tiling travels as one value, resolved once
+    assert (tiles.mode, tiles.tile_size, tiles.overlap) == ("latent", 16, 2)
 
 
 @pytest.mark.parametrize("options, named", [
-    (["--tile", "0"], "--tile"), (["--tile", "32"], "--tile must be at least 64"),  # realsr-v3's latent multiple
+    (["--tile", "-5"], "--tile"), (["--tile", "32"], "--tile must be at least 64"),  # realsr-v3's latent multiple
     (["--overlap", "-1"], "--overlap"), (["--tile", "128", "--overlap", "100"], "--overlap"),
     (["--chop-size", "0"], "--chop-size"), (["--chop-stride", "8"], "--chop-stride"),
     (["--chop-size", "64", "--chop-stride", "65"], "--chop-stride"), (["--chop-size", "64", "--tile", "64"], "--chop"),

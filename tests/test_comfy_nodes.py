@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 STUBS = Path(__file__).resolve().parent / "comfy_stubs"
 OTHER_PACK_NAMES = {"ResShiftLoader", "ResShiftUpscale", "RESSHIFT_MODEL"}
 NODE_IDS = {"ResShiftPipelineLoader", "ResShiftPipelineUpscale", "ResShiftPipelineEncode", "ResShiftPipelineSample",
-            "ResShiftPipelineDecode", "ResShiftPipelineInpaint"}
+            "ResShiftPipelineDecode", "ResShiftPipelineInpaint", "ResShiftPipelineColorFix"}
 
 
 # ------------------------------------------------------------------------------------------------- fixtures
@@ -303,7 +303,7 @@ def test_official_files_missing_from_the_folder_are_fetched_into_models_resshift
                          vae_name="autoencoder_vq_f4.pth", release="auto", dtype="auto")
     assert [name for name, _ in fetched] == ["resshift_realsrx4_s4_v3.pth", "autoencoder_vq_f4.pth"]
     assert {folder for _, folder in fetched} == {stubs.resshift_dir}
-    assert pipeline.unet.release.name == "realsr-v3"  # identified by its official name
+    assert pipeline.pipeline.release.name == "realsr-v3"  # identified by its official name
     assert (stubs.resshift_dir / "autoencoder_vq_f4.pth").is_file()
 
 

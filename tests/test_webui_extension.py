@@ -63,13 +63,16 @@ def core_calls(monkeypatch):
     the extension does around the run (the real run is covered by the tests without this fixture)."""
     import torch.nn.functional as F
     from resshift_core.images import finish_output, prepare_input
+    from resshift_core.sizing import resize_exact
 
     calls = []
 
     def fake_upscale(self, images, **kwargs):
         calls.append(kwargs)
         batch, pil_context = prepare_input(images)
-        return finish_output(F.interpolate(batch, scale_factor=self.scale, mode="nearest"), pil_context)
+        plan = self.plan_size(batch.shape[-1], batch.shape[-2], kwargs.get("size"))
+        result = F.interpolate(batch, scale_factor=self.scale ** plan.passes, mode="nearest")
+        return finish_output(resize_exact(result, plan.out_width, plan.out_height), pil_context)
 
     monkeypatch.setattr(rc.ResShiftPipeline, "upscale", fake_upscale)
     return calls
@@ -93,9 +96,9 @@ def count_runs(monkeypatch, upscaler):
     calls = []
     original = type(upscaler).do_upscale
 
-    def counted(self, img, selected_model):
+    def counted(self, img, selected_model, size=None):
         calls.append(img.size)
-        return original(self, img, selected_model)
+        return original(self, img, selected_model, size)
 
     monkeypatch.setattr(type(upscaler), "do_upscale", counted)
     return calls
@@ -158,13 +161,18 @@ def test_scale_below_4_runs_once_and_resizes_down(webui, monkeypatch, core_calls
     assert result.size == (24, 16)
 
 
-def test_scale_above_4_is_refused_instead_of_a_second_pass(webui, monkeypatch):
+def test_scale_above_4_runs_two_passes_to_the_exact_size(webui, monkeypatch):
     data = entry(webui)
     calls = count_runs(monkeypatch, data.scaler)
-    with pytest.raises(rc.InvalidArgumentError, match="at most 4") as caught:
-        data.scaler.upscale(pattern(12, 8), 8, data.data_path)
-    assert calls == []
-    assert str(caught.value).startswith("the upscale factor must be at most 4")
+    events = []
+    from webui_extension import progress
+
+    original = progress.Bridge.on_step
+    monkeypatch.setattr(progress.Bridge, "on_step", lambda self, step: (events.append(step), original(self, step)))
+    result = data.scaler.upscale(pattern(12, 8), 8, data.data_path)
+    assert calls == [(12, 8)] and result.size == (96, 64)  # one request, two x4 passes, one resize
+    assert data.scaler._pipeline.last_size_plan.passes == 2
+    assert [e.done for e in events] == sorted(e.done for e in events) and events[-1].done == events[-1].total
 
 
 def test_alpha_is_kept(webui, core_calls):
@@ -306,16 +314,28 @@ def test_settings_are_registered_in_the_upscaling_section(webui):
     assert "S-Lab License 1.0" in labels["resshift_download"].comment_after
 
 
-def test_tile_setting_reaches_the_core_and_zero_means_no_tiling(webui, core_calls):
+def test_tile_setting_reaches_the_core_and_zero_means_the_default(webui, core_calls):
     data = entry(webui)
     webui.shared.opts.resshift_tile_size = 0
     data.scaler.upscale(pattern(12, 8), 4, data.data_path)
     webui.shared.opts.resshift_tile_size = 64
     webui.shared.opts.resshift_tile_overlap = 16
     data.scaler.upscale(pattern(12, 8), 4, data.data_path)
-    assert core_calls[0]["tiling"] == "off"
-    assert {k: core_calls[1].get(k) for k in ("tiling", "tile_size", "tile_overlap", "seed")} == {
-        "tiling": "auto", "tile_size": 64, "tile_overlap": 16, "seed": 7}
+    default = rc.TileSettings.resolve("cpu", tiling="auto")
+    assert core_calls[0]["tiles"] == default  # 0: the core's default, as in every front-end
+    tiles = core_calls[1]["tiles"]
+    assert (tiles.mode, tiles.tile_size, tiles.overlap, core_calls[1]["seed"]) == ("auto", 64, 16, 7)
+
+
+def test_tile_slider_offers_only_sizes_the_core_takes(webui):
+    from webui_extension import settings
+
+    slider = next(s for s in settings.SETTINGS if s.key == "resshift_tile_size").component_args
+    minimum, step = rc.official_tile_range()
+    offered = range(slider["minimum"] + slider["step"], slider["maximum"] + 1, slider["step"])
+    assert slider["minimum"] == 0 and slider["step"] == step
+    for value in offered:  # every non-zero stop is a valid tile for the released models
+        rc.TileSettings.resolve("cpu", tile_size=value, latent_multiple=minimum)
 
 
 def test_model_stays_loaded_unless_the_setting_says_otherwise(webui, core_calls):

@@ -17,7 +17,7 @@ def forge_memory_management():
     return memory_management if all(hasattr(memory_management, name) for name in needed) else None
 
 
-def free_memory_for(pipe, height: int, width: int, tiling: dict) -> None:
+def free_memory_for(pipe, height: int, width: int, tiles, size=None) -> None:
     """On Forge, make room for a run on ``height`` x ``width`` input pixels (the core's estimate for the loaded
     pipeline, or everything before the first load): Forge keeps the Stable Diffusion model on the device until
     someone asks for the memory."""
@@ -28,7 +28,8 @@ def free_memory_for(pipe, height: int, width: int, tiling: dict) -> None:
     if estimate is None:
         memory_management.unload_all_models()
         return
-    memory_management.free_memory(int(estimate(height, width, **tiling)), memory_management.get_torch_device())
+    needed = pipe.weight_bytes() + pipe.working_memory(height, width, tiles=tiles, size=size)
+    memory_management.free_memory(int(needed), memory_management.get_torch_device())
 
 
 def ensure_listed(modelloader, shared, upscaler_class, name_prefixes) -> None:

@@ -75,6 +75,12 @@ class Bridge:
         self.state.job_no += self._job_shift
         self._job_shift = 0
 
+    def loading(self, text: str) -> None:
+        """While the model loads (the first call reads and maybe downloads it): the bar at 0 with what happens."""
+        self.state.textinfo = text
+        self.state.sampling_steps = max(1, int(getattr(self.state, "sampling_steps", 0) or 0))
+        self.state.sampling_step = 0
+
     def on_step(self, step) -> None:
         """Called by the core after every network call (encoder, UNet per tile and step, decoder)."""
         self.state.sampling_steps = step.total

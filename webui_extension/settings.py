@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from resshift_core import LICENSE_URL, WEIGHTS_LICENSE, Vocabulary
+from resshift_core import COLOR_FIX_METHODS, LICENSE_URL, WEIGHTS_LICENSE, Vocabulary, official_tile_range
 
 SECTION = ("upscaling", "Upscaling")
 DTYPE_CHOICES = ("Automatic", "float32", "float16", "bfloat16")
+DTYPE_NAMES = {"Automatic": "auto"}  # the others are names the core reads
+TILE_MINIMUM, TILE_STEP = official_tile_range()
 
 
 @dataclass(frozen=True)
@@ -25,14 +27,19 @@ class Setting:
 SETTINGS = (
     Setting("resshift_seed", -1, "ResShift seed", "Number", {"precision": 0},
             "-1 = a new random seed for every image; the seed used is written to the image's infotext"),
-    Setting("resshift_tile_size", 256, "Tile size for ResShift upscalers", "Slider",
-            {"minimum": 0, "maximum": 1024, "step": 16},
-            "input pixels; larger inputs are processed in blended tiles with one noise field; 0 = no tiling "
-            "(memory grows with the square of the image area)"),
-    Setting("resshift_tile_overlap", 32, "Tile overlap for ResShift upscalers", "Slider",
-            {"minimum": 0, "maximum": 256, "step": 8}, "input pixels"),
+    Setting("resshift_tile_size", 0, "Tile size for ResShift upscalers", "Slider",
+            {"minimum": 0, "maximum": 1024, "step": TILE_STEP},
+            f"input pixels, a multiple of {TILE_STEP}; 0 = the model's default for the device. Inputs run untiled "
+            f"(the official computation) while that fits in memory and is not much slower, larger ones in blended "
+            f"tiles with one noise field"),
+    Setting("resshift_tile_overlap", -1, "Tile overlap for ResShift upscalers", "Slider",
+            {"minimum": -1, "maximum": 256, "step": 1}, "input pixels; -1 = the default (a quarter of the tile at "
+            "most)"),
     Setting("resshift_dtype", "Automatic", "ResShift precision", "Radio", {"choices": list(DTYPE_CHOICES)},
-            "Automatic = float16 on a GPU, float32 on the CPU or with --no-half"),
+            "Automatic = float16 on a GPU, float32 on the CPU or with --no-half / --upcast-sampling"),
+    Setting("resshift_color_fix", "none", "ResShift colour fix", "Radio", {"choices": list(COLOR_FIX_METHODS)},
+            "bring the result's colours back to the input's: wavelet keeps the detail, adain matches each "
+            "channel's mean and spread; none = the official computation"),
     Setting("resshift_keep_loaded", True, "Keep the ResShift model loaded between images", "Checkbox", {},
             "off frees its memory after every image (slower: the model is read again each time)"),
     Setting("resshift_download", True, "Download missing ResShift weights on first use", "Checkbox", {},
@@ -49,6 +56,8 @@ VOCABULARY = Vocabulary(names={
     "tile_overlap": f"Settings > Upscaling > {LABELS['resshift_tile_overlap']}",
     "tiling": f"Settings > Upscaling > {LABELS['resshift_tile_size']}",
     "dtype": f"Settings > Upscaling > {LABELS['resshift_dtype']}",
+    "color_fix": f"Settings > Upscaling > {LABELS['resshift_color_fix']}",
+    "size": "the upscale factor / target size", "width": "the target width", "height": "the target height",
     "offline": f"Settings > Upscaling > {LABELS['resshift_download']}",
     "release": "the upscaler (one entry per release)",
     "unet": "the model file in models/ResShift (or --resshift-models-path)",

@@ -1,9 +1,10 @@
 """``UpscalerResShift``: one WebUI upscaler entry per x4 ResShift / SinSR release, and one per model of one's own
 (a ``.safetensors`` written by the project's ``train/export.py``) in the ResShift model folders.
 
-Every entry runs the core exactly once per image (x4, padding and cropping inside the core); a requested scale below
-4 is reached by one run and a Lanczos down-scale, a scale above 4 is refused with a message instead of running the
-model again on its own output. Errors are raised, never replaced by a Lanczos image.
+The WebUI's target size (its scale, rounded down to multiples of 8) goes to the core as an output size: the fewest x4
+runs that reach it (x8 and x16 in two, the second tiled), then one anti-aliased resize to the exact size. The seed,
+the tiles, the precision and the colour fix come from Settings > Upscaling. Errors are raised, never replaced by a
+Lanczos image.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from modules.upscaler import LANCZOS, Upscaler, UpscalerData
 
 import resshift_core as rc
 from resshift_core.errors import NeededFile
-from resshift_core.pipeline import parse_dtype
-from resshift_core.runtime import default_dtype
-from resshift_core.hub import release_files as files_of_release
 from resshift_core.releases import autoencoder_for_file_name, release_for_file_name
 
 from . import forge, progress, settings
@@ -93,13 +91,6 @@ class UpscalerResShift(Upscaler):
                 found.append(own)
         return sorted(found, key=lambda own: own.path.name.lower())
 
-    def weight_paths(self, release) -> tuple[str, str]:
-        """Paths of a release's UNet and autoencoder, downloading what is missing through the WebUI's downloader
-        when the settings allow it. Raises the core's ``OfflineError`` naming every file still missing, where to
-        download it from and where to save it."""
-        needed = files_of_release(release)  # the UNet file and its autoencoder's
-        return tuple(self.fetch(needed, release.name))
-
     def fetch(self, needed: list, purpose: str) -> list[str]:
         """Local paths of official files, downloaded when missing and allowed (see :meth:`weight_paths`)."""
         local = self.local_files()
@@ -122,7 +113,7 @@ class UpscalerResShift(Upscaler):
             missing.append(NeededFile(item.file_name, item.url, Path(folder) / item.file_name))
         if missing:
             reason = ("the WebUI could not download them: " + "; ".join(dict.fromkeys(failures)) if failures
-                      else "downloading is off ({arg:offline})")
+                      else "downloading is switched off ({arg:offline})")
             raise rc.missing_files_error(missing, reason)
         return [local[item.file_name] for item in needed]
 
@@ -143,38 +134,30 @@ class UpscalerResShift(Upscaler):
 
     @staticmethod
     def device_and_dtype() -> tuple[torch.device, torch.dtype]:
-        device = devices.get_device_for(DEVICE_TASK)
+        """The WebUI's device for this task and the core's precision rule with the WebUI's facts (the setting, or
+        "Automatic": float16 on a GPU unless --no-half or --upcast-sampling)."""
+        device = torch.device(devices.get_device_for(DEVICE_TASK))
         choice = settings.value(shared.opts, "resshift_dtype")
-        if choice == "Automatic":  # the core's rule (fp16 on a GPU), unless the WebUI runs without half precision
-            choice = "fp32" if shared.cmd_opts.no_half else default_dtype(str(device))
-        return torch.device(device), parse_dtype(choice)
+        options = shared.cmd_opts
+        return device, rc.choose_dtype(device, settings.DTYPE_NAMES.get(choice, choice),
+                                       allow_half=not getattr(options, "no_half", False),
+                                       upcast=bool(getattr(options, "upcast_sampling", False)))
 
     def pipeline_for(self, model, device_dtype):
         """The loaded pipeline for a release or a model of one's own (kept between images unless the settings say
-        otherwise). A pixel-space model of one's own needs no autoencoder."""
+        otherwise), built by the core's one assembly with the WebUI's model folders and downloader."""
         device, dtype = device_dtype
-        if isinstance(model, rc.OwnUNetFile):
-            release, unet_path = None, str(model.path)
-            autoencoder_path = None
-            if model.latent_space:
-                known = rc.AUTOENCODERS.get(model.autoencoder or "")
-                if known is None:
-                    raise rc.ResShiftError(
-                        f"{model.path.name} works on a latent, but its file names no autoencoder this extension "
-                        f"knows ({model.autoencoder!r}; known: {', '.join(rc.AUTOENCODERS)}); run it with the "
-                        f"command line's --autoencoder instead")
-                (autoencoder_path,) = self.fetch([known], model.path.name)
-        else:
-            release = model
-            unet_path, autoencoder_path = self.weight_paths(release)
-        key = (unet_path, autoencoder_path, str(device), str(dtype))
+        own = isinstance(model, rc.OwnUNetFile)
+        key = (str(model.path) if own else model.name, str(device), str(dtype))
         if self._pipeline_key != key:
             self.unload()
-            unet = rc.load_model(unet_path, expect="unet", release=release)
-            autoencoder = None if autoencoder_path is None else rc.load_model(autoencoder_path, expect="autoencoder")
+            purpose = model.path.name if own else model.name
+            host = rc.HostFacts(find_file=self.local_files().get, fetch=lambda files: self.fetch(files, purpose))
             # Under --lowvram / --medvram the networks wait on the CPU and visit the device only while they run.
-            home = "cpu" if self.offload() else device
-            self._pipeline = rc.ResShiftPipeline.from_loaded(unet, autoencoder, device=home, dtype=dtype)
+            home = torch.device("cpu") if self.offload() else device
+            self._pipeline = rc.ResShiftPipeline.assemble(str(model.path) if own else None,
+                                                          release=None if own else model, device=home, dtype=dtype,
+                                                          host=host)
             self._pipeline_key = key
         return self._pipeline
 
@@ -203,34 +186,27 @@ class UpscalerResShift(Upscaler):
         target_h = int((img.height * scale) // 8 * 8)
         if img.width >= target_w and img.height >= target_h and scale != 1:
             return img.resize((target_w, target_h), resample=LANCZOS)  # a down-scale needs no model
-        factor = self.model_for(selected_model).scale
-        if target_w > img.width * factor or target_h > img.height * factor:
-            raise rc.InvalidArgumentError(
-                "scale", scale, f"at most {factor}: ResShift upscales by exactly {factor} in one run (asked "
-                f"{img.width}x{img.height} -> {target_w}x{target_h})",
-                "choose a smaller scale, or upscale the result again in a second step")
         if shared.state.interrupted:
             raise rc.CancelledError("the run was interrupted before it started")
-        result = self.do_upscale(img, selected_model)
-        if result.size != (target_w, target_h):
-            result = result.resize((target_w, target_h), resample=LANCZOS)
-        return result
+        return self.do_upscale(img, selected_model, rc.output_size(width=target_w, height=target_h))
 
-    def do_upscale(self, img: Image.Image, selected_model: str | None) -> Image.Image:
-        """(W, H) PIL image -> (4W, 4H) PIL image of the same kind (RGBA keeps its alpha, upscaled by the core)."""
+    def do_upscale(self, img: Image.Image, selected_model: str | None, size=None) -> Image.Image:
+        """(W, H) PIL image -> PIL image of the same kind at ``size`` (default x4; RGBA keeps its alpha, resized
+        by the core)."""
         model = self.model_for(selected_model)
         device_dtype = self.device_and_dtype()
         seed = int(settings.value(shared.opts, "resshift_seed"))
         seed = rc.random_seed() if seed < 0 else seed  # -1: a fresh one, drawn by the core's rule
-        with self._lock:
-            forge.free_memory_for(self._pipeline, img.height, img.width, self.tiling())  # before our weights move
+        with self._lock, progress.Bridge(shared.state, previews=settings.live_previews(shared.opts)) as bridge:
+            bridge.loading(f"loading {NAME} {getattr(model, 'name', None) or model.path.name}")
+            forge.free_memory_for(self._pipeline, img.height, img.width, self.tiles_for(self._pipeline), size)
             pipe = self.pipeline_for(model, device_dtype)
             try:
                 if self.offload():
                     pipe.to(device_dtype[0])
-                with progress.Bridge(shared.state, previews=settings.live_previews(shared.opts)) as bridge:
-                    result = pipe.upscale(img, seed=seed, callback=bridge.on_step, cancel=bridge.should_stop,
-                                          **self.tiling())
+                result = pipe.upscale(img, seed=seed, callback=bridge.on_step, cancel=bridge.should_stop,
+                                      tiles=self.tiles_for(pipe), size=size,
+                                      color_fix=settings.value(shared.opts, "resshift_color_fix"))
             except rc.CancelledError:
                 if shared.state.skipped and not shared.state.interrupted:
                     return img  # the WebUI discards a skipped image
@@ -246,10 +222,11 @@ class UpscalerResShift(Upscaler):
         return result
 
     @staticmethod
-    def tiling() -> dict:
-        """The core's tiling arguments from the settings (tile sizes in input pixels = latent pixels at x4)."""
-        tile_size = int(settings.value(shared.opts, "resshift_tile_size"))
-        if tile_size <= 0:
-            return {"tiling": "off"}
-        return {"tiling": "auto", "tile_size": tile_size,
-                "tile_overlap": int(settings.value(shared.opts, "resshift_tile_overlap"))}
+    def tiles_for(pipe):
+        """The core's tiling from the settings (input pixels = latent pixels at x4; a tile size of 0 = the model's
+        default for the device), or None before a pipeline is loaded."""
+        if pipe is None:
+            return None
+        overlap = int(settings.value(shared.opts, "resshift_tile_overlap"))
+        return pipe.tiles("auto", int(settings.value(shared.opts, "resshift_tile_size")),
+                          overlap if overlap >= 0 else None)

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..color import COLOR_FIX_METHODS
 from ..errors import InputImageError, ResShiftError
-from ..imageio import LUMA_WEIGHTS, OUTPUT_FORMATS, DecodedImage, encode_image, read_image, upscale_alpha, write_image
-from ..releases import AUTOENCODERS, DEFAULT_RELEASE, Release, get_release
-from ..runtime import default_dtype, resolve_device, tune_cpu_allocator
+from ..imageio import OUTPUT_FORMATS, DecodedImage, encode_image, mask_plane, read_image, upscale_alpha, write_image
+from ..releases import DEFAULT_RELEASE, DEFAULT_SEED, get_release
+from ..runtime import DTYPE_CHOICES, resolve_device, tune_cpu_allocator
+from ..sampler import check_seed
+from ..sizing import output_size, parse_size
+from ..tiling import TILING_MODES, TileSettings, validate_chop
 from .common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UsageError, exit_code_for, message_of, release_named
 from .distributed import Distributed
 from .jobs import Job, _find_mask, group_batches, plan_jobs
@@ -39,13 +43,20 @@ def add_arguments(parser) -> None:
                                                             "none for pixel-space models)")
     up.add_argument("--cache-dir", metavar="DIR", help="weights cache (default $RESSHIFT_CACHE or ~/.cache/resshift)")
     up.add_argument("--offline", action="store_true", help="never download; missing files are an error")
-    from ..releases import DEFAULT_SEED
-
-    up.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})")
+    up.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                    help=f"random seed (default {DEFAULT_SEED}); each image gets the result it would get alone")
     up.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N, ...")
-    up.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="network precision (default fp16 on cuda, "
-                                                                        "fp32 otherwise)")
-    up.add_argument("--tiling", choices=["auto", "off", "latent"], default=None,
+    up.add_argument("--dtype", choices=list(DTYPE_CHOICES), help="network precision (default fp16 on cuda, "
+                                                                   "fp32 otherwise)")
+    up.add_argument("--color-fix", choices=list(COLOR_FIX_METHODS), default="none",
+                    help="bring the output's colours back to the input's: wavelet (keeps detail) or adain; none "
+                         "(default) is the official computation")
+    up.add_argument("--scale", type=float, metavar="FACTOR",
+                    help="output size as a factor of the input (e.g. 2, 3, 8): the fewest x4 passes, then one "
+                         "anti-aliased resize")
+    up.add_argument("--size", metavar="WxH", help="output size in pixels: 2048x1536, or one side (2048x or x1536) "
+                                                  "keeping the aspect ratio")
+    up.add_argument("--tiling", choices=list(TILING_MODES), default=None,
                     help="auto (default): the official untiled computation when it fits in memory and costs at "
                          "most 1.5x the tiled one, tiles beyond; off: never tile; latent: always tile (the default "
                          "when --tile is given)")
@@ -69,6 +80,7 @@ class Upscaler:
 
     def __init__(self, pipe, args, reporter: Reporter, show_progress: bool, upscale_options: dict,
                  input_roots: Sequence[Path]):
+        """``upscale_options``: the keyword arguments of every ``pipe.upscale`` call (tiles, sizes, colour fix)."""
         self.pipe = pipe
         self.args = args
         self.reporter = reporter
@@ -76,17 +88,6 @@ class Upscaler:
         self.upscale_options = upscale_options
         self.input_roots = input_roots
         self.needs_mask = bool(pipe.unet.config.cond_mask)
-
-    def provenance(self, plan) -> dict:
-        """How the results were made, for the PNG metadata: model, seed, steps and tiling (whether the result is
-        the official untiled computation)."""
-        pipe = self.pipe
-        record = {"release": pipe.release.name if pipe.release else None, "seed": self.args.seed,
-                  "scale": pipe.scale, "steps": 1 if plan is None or plan.one_step else pipe.schedule.num_steps,
-                  "dtype": str(pipe.dtype).replace("torch.", "")}
-        if plan is not None:
-            record.update(plan.metadata())
-        return record
 
     def run(self, jobs: Sequence[Job]) -> None:
         """Upscale and write ``jobs`` (whose outputs are to be (re)written)."""
@@ -112,10 +113,7 @@ class Upscaler:
             mask = read_image(mask_file)
         except InputImageError as error:
             raise InputImageError(f"its mask {mask_file}: {error}") from None
-        if (mask.height, mask.width) != (image.height, image.width):
-            raise InputImageError(f"its mask {mask_file} is {mask.width}x{mask.height} but the image is "
-                                  f"{image.width}x{image.height}")
-        return image, mask.rgb @ LUMA_WEIGHTS
+        return image, mask_plane(mask, image, f"its mask {mask_file}")
 
     def run_batch(self, batch: Sequence[Job]) -> None:
         loaded: dict[tuple[int, int], list] = {}
@@ -151,7 +149,8 @@ class Upscaler:
             return
         finally:
             step_bar.close()
-        text = {"resshift": json.dumps(self.provenance(self.pipe.last_plan))}
+        record = self.pipe.run_record(color_fix=self.upscale_options.get("color_fix"))
+        text = {"resshift": json.dumps(record)}
         outputs = result.detach().float().cpu().permute(0, 2, 3, 1).numpy()
         for (job, image, _), rgb in zip(group, outputs):
             try:
@@ -164,50 +163,27 @@ class Upscaler:
             self.reporter.wrote(job)
 
 
-def load_pipeline(args, device: str, dtype: str, show_progress: bool):
-    """The pipeline the options ask for: local files, the release's cached files, or a mix of both. Every file
-    that must be downloaded and cannot be is named in one error."""
-    from ..checkpoints import resolve_schedule
-    from ..hub import fetch_files
-    from ..checkpoints import load_model
+def load_pipeline(args, device: str, show_progress: bool):
+    """The pipeline the options ask for (local files, the release's cached files, or a mix), through the core's one
+    assembly. Every file that must be downloaded and cannot be is named in one error."""
+    from ..assembly import HostFacts
     from ..pipeline import ResShiftPipeline
 
-    download = not args.offline
-    fetch = lambda files: fetch_files(files, cache_dir=args.cache_dir, download=download,  # noqa: E731
-                                      progress=show_progress)
-    release: Release | None = get_release(args.release) if args.release else None
-    if args.unet:
-        unet = load_model(args.unet, expect="unet", release=release)
-        resolve_schedule(unet)  # an unknown schedule is a usage error, said before anything else is fetched
-        autoencoder = None
-        if unet.latent_space:
-            if args.autoencoder:
-                autoencoder = load_model(args.autoencoder, expect="autoencoder")
-            else:
-                name = unet.identity.autoencoder or get_release(DEFAULT_RELEASE).autoencoder
-                if unet.identity.autoencoder is None:
-                    logger.info("using the autoencoder %s for %s", name, args.unet)
-                autoencoder = load_model(fetch([AUTOENCODERS[name]])[0], expect="autoencoder")
-        return ResShiftPipeline.from_loaded(unet, autoencoder, device=device, dtype=dtype)
-    release = release or get_release(DEFAULT_RELEASE)
-    paths = fetch([release] + ([] if args.autoencoder else [AUTOENCODERS[release.autoencoder]]))
-    unet = load_model(paths[0], expect="unet", release=release)
-    autoencoder = load_model(args.autoencoder or paths[1], expect="autoencoder")
-    return ResShiftPipeline.from_loaded(unet, autoencoder, device=device, dtype=dtype)
+    host = HostFacts(cache_dir=args.cache_dir, download=not args.offline, progress=show_progress)
+    return ResShiftPipeline.assemble(args.unet, args.autoencoder, release=args.release, device=device,
+                                     dtype=args.dtype or "auto", host=host)
 
 
 def check_options(args) -> tuple[dict, str]:
     """Usage errors found before anything is loaded; returns the keyword arguments for ``upscale`` and the
     device."""
     from ..errors import InvalidArgumentError
-    from ..tiling import TileSettings, validate_chop
 
     if args.batch_size < 1:
         raise InvalidArgumentError("batch_size", args.batch_size, "at least 1")
     if not 1 <= args.quality <= 100:
         raise InvalidArgumentError("quality", args.quality, "from 1 to 100")
-    if args.seed < 0:
-        raise InvalidArgumentError("seed", args.seed, "a whole number of at least 0")
+    check_seed(args.seed)
     release = release_named(args.release) if args.release else (None if args.unet else get_release(
         DEFAULT_RELEASE))
     output_dir = Path(args.output)
@@ -219,19 +195,15 @@ def check_options(args) -> tuple[dict, str]:
     if args.chop_size is not None and (args.tile is not None or args.tiling not in (None, "off")):
         raise UsageError("--chop-size is the official patch-wise mode; it does not combine with latent tiling "
                          "(--tile / --tiling)")
-    options = {"tiling": args.tiling, "tile_size": args.tile, "tile_overlap": args.overlap,
-               "vae_tile_size": args.vae_tile, "chop_size": args.chop_size, "chop_stride": args.chop_stride,
-               "one_step": True if args.one_step else None}
-    defaults = TileSettings()
-    tile = args.tile if args.tile is not None else defaults.tile_size
-    vae_tile = args.vae_tile if args.vae_tile is not None else defaults.vae_tile_size
-    settings = TileSettings(mode=args.tiling or "auto", tile_size=tile,
-                            overlap=args.overlap if args.overlap is not None else min(defaults.overlap, tile // 4),
-                            vae_tile_size=vae_tile, vae_overlap=min(defaults.vae_overlap, vae_tile // 4))
-    settings.validate()
-    if release is not None and args.unet is None and args.tile is not None:  # the release's own architecture
-        settings.check_for(release.unet.latent_multiple)
+    size = output_size(scale=args.scale, size=parse_size(args.size) if args.size else None)
     device = resolve_device(args.device)
+    # The release's own architecture is known before loading: its tile limits are checked now (a file's later).
+    latent_multiple = release.unet.latent_multiple if release is not None and args.unet is None else None
+    TileSettings.resolve(device, tiling=args.tiling, tile_size=args.tile, tile_overlap=args.overlap,
+                         vae_tile_size=args.vae_tile, latent_multiple=latent_multiple)
+    options = {"chop_size": args.chop_size, "chop_stride": args.chop_stride,
+               "one_step": True if args.one_step else None, "color_fix": args.color_fix,
+               "size": None if size.is_native() else size}
     return {k: v for k, v in options.items() if v is not None}, device
 
 
@@ -244,21 +216,21 @@ def _load_and_run(args, jobs: list[Job], reporter: Reporter, dist: Distributed, 
         device = resolve_device(device, dist.local_rank)
     elif args.device == "auto" and dist.enabled:
         device = resolve_device("auto", dist.local_rank)
-    dtype = args.dtype or default_dtype(device)
     if device == "cpu":
         tune_cpu_allocator()  # our own process: keep freed feature maps in the heap (10-15% faster on the CPU)
     try:
-        pipe = load_pipeline(args, device, dtype, show_progress)
-        pipe.tile_settings(upscale_options.get("tiling"), upscale_options.get("tile_size"),
-                           upscale_options.get("tile_overlap"), upscale_options.get("vae_tile_size"))
+        pipe = load_pipeline(args, device, show_progress)
+        tiles = pipe.tiles(args.tiling, args.tile, args.overlap, args.vae_tile)
     except (ResShiftError, InvalidArgumentError) as error:  # missing / damaged / wrong files, offline, bad tiles
         return message_of(error), exit_code_for(error)
+    upscale_options = {**upscale_options, "tiles": tiles}
     needs_mask = bool(pipe.unet.config.cond_mask)
     if needs_mask and not args.mask:
         return "this is an inpainting model: give the masks with --mask FILE_OR_FOLDER (white = fill)", 2
     if args.mask and not needs_mask:
         return "--mask is for the inpainting releases; this model takes no mask", 2
-    logger.info("rank %d of %d: %d files to do on %s (%s)", dist.rank, dist.world_size, len(jobs), device, dtype)
+    logger.info("rank %d of %d: %d files to do on %s (%s)", dist.rank, dist.world_size, len(jobs), pipe.device,
+                pipe.dtype)
     Upscaler(pipe, args, reporter, show_progress, upscale_options, [Path(p) for p in args.inputs]).run(jobs)
     return None
 

@@ -58,7 +58,15 @@ class _ComboInput(WidgetInput):
         self.options = options
 
 
+class _FloatInput(WidgetInput):
+    def __init__(self, id, display_name=None, optional=False, tooltip=None, lazy=None, default=None, min=None,
+                 max=None, step=None, round=None, display_mode=None, socketless=None, force_input=None):
+        super().__init__(id, display_name, optional, tooltip, lazy, default)
+        self.min, self.max, self.step = min, max, step
+
+
 Int = _comfytype("INT", _IntInput)
+Float = _comfytype("FLOAT", _FloatInput)
 Combo = _comfytype("COMBO", _ComboInput)
 
 
