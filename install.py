@@ -9,7 +9,8 @@
 import sys
 
 # What resshift_core imports at run time: (module to look for, pip requirement). torch is the host's own.
-RUNTIME_NEEDS = (("numpy", "numpy"), ("PIL", "pillow"), ("safetensors", "safetensors"))
+RUNTIME_NEEDS = (("numpy", "numpy"), ("PIL", "pillow"), ("safetensors", "safetensors"), ("einops", "einops"),
+                 ("tqdm", "tqdm"))
 
 
 def webui_launch_module():

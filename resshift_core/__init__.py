@@ -40,6 +40,7 @@ from .errors import (
     UnsafeCheckpointError,
     Vocabulary,
     WrongModelKindError,
+    reason_of,
 )
 from .hub import fetch_release_files, missing_files_error
 from .imageio import DecodedImage, encode_image, read_image, upscale_alpha, write_image
@@ -70,7 +71,7 @@ __version__ = "0.2.0"
 __all__ = [
     "AUTOENCODERS", "COLOR_FIX_METHODS", "DEFAULT_RELEASE", "DEFAULT_SEED", "DTYPE_CHOICES", "LICENSE_URL",
     "MAX_SEED", "PYTHON_API", "RELEASES", "WEIGHTS_LICENSE", "HostFacts", "OutputSize", "check_seed",
-    "choose_dtype", "color_fix", "official_tile_range", "output_size", "parse_size", "tile_size_range",
+    "choose_dtype", "color_fix", "reason_of", "official_tile_range", "output_size", "parse_size", "tile_size_range",
     "CancelledError", "CheckpointError", "CheckpointIdentity", "ChecksumError", "CorruptCheckpointError",
     "DecodedImage", "DownloadError", "InputImageError", "InvalidArgumentError", "ModelDescriptor", "NoiseSource",
     "OfflineError", "OwnUNetFile", "Release", "ResShiftError", "ResShiftLatent", "ResShiftPipeline", "ResShiftUNet",

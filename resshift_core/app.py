@@ -38,8 +38,18 @@ from typing import Any, Callable, Optional
 from .color import COLOR_FIX_METHODS, check_color_fix
 from .errors import CancelledError, CheckpointError, InputImageError, ResShiftError
 from .imageio import mask_plane
-from .releases import DEFAULT_RELEASE, DEFAULT_SEED, LICENSE_URL, RELEASES, WEIGHTS_LICENSE, Release, get_release
-from .runtime import DTYPE_CHOICES, parse_dtype, resolve_device, tune_cpu_allocator
+from .releases import (
+    DEFAULT_RELEASE,
+    DEFAULT_SEED,
+    LICENSE_URL,
+    RELEASES,
+    SINSR_LICENSE,
+    SINSR_LICENSE_URL,
+    WEIGHTS_LICENSE,
+    Release,
+    get_release,
+)
+from .runtime import DTYPE_CHOICES, choose_dtype, resolve_device, tune_cpu_allocator
 from .sampler import MAX_SEED, check_seed
 from .sampler import random_seed as core_random_seed
 from .sizing import OutputSize, output_size, parse_size
@@ -104,8 +114,7 @@ class AppSettings:
             raise AppSetupError(f"--concurrency must be at least 1, got {self.concurrency}")
         if self.max_loaded < 1:
             raise AppSetupError(f"max_loaded must be at least 1, got {self.max_loaded}")
-        if self.dtype != "auto":
-            parse_dtype(self.dtype)  # a clear error now rather than on the first run
+        choose_dtype("cpu", self.dtype)  # a clear error for a bad name now rather than on the first run
 
     @property
     def has_local_model(self) -> bool:
@@ -285,7 +294,7 @@ class UpscaleService:
                          f"(missing: {', '.join(missing)}).")
             else:
                 where = f"In the cache `{folder}`."
-        return (f"{kind}, {steps}. {where} Weights: [{WEIGHTS_LICENSE}]({LICENSE_URL}).")
+        return (f"{kind}, {steps}. {where} Weights: [{release.license}]({release.license_url}).")
 
     # ---- inputs
     def open_image(self, source):
@@ -646,8 +655,9 @@ def header_markdown(service: UpscaleService) -> str:
 
 def license_markdown() -> str:
     return (
-        f"**Licence of the model weights.** The official ResShift (and SinSR) weights are published by their "
-        f"authors under the [{WEIGHTS_LICENSE}]({LICENSE_URL}): research and other non-commercial use only. "
+        f"**Licence of the model weights.** The official ResShift weights are published by their authors under the "
+        f"[{WEIGHTS_LICENSE}]({LICENSE_URL}), the SinSR weights under [{SINSR_LICENSE}]({SINSR_LICENSE_URL}): "
+        f"research and other non-commercial use only. "
         f"Downloading or using them through this page means accepting those terms. This demo's code has its own "
         f"licence (see the project's LICENSE).")
 

@@ -793,15 +793,15 @@ def prepare_weights(options: argparse.Namespace, releases: list[str], work: Path
     """The weights of each release: random (saved with the project's functions, loaded by each case like a user
     file) or the files given. Returns ({release: (unet, autoencoder) paths}, {release: (unet, autoencoder)
     configs}, a description for the report)."""
-    from .checkpoints import load_model
+    from .checkpoints import identify_checkpoint
     from .releases import AUTOENCODERS, get_release
 
     if options.unet or options.autoencoder:
         if not (options.unet and options.autoencoder):
             raise SystemExit("--unet and --autoencoder go together")
         paths = {name: (options.unet, options.autoencoder) for name in releases}
-        unet_config = load_model(options.unet, expect="unet", release=releases[0]).network.config
-        vq_config = load_model(options.autoencoder, expect="autoencoder").network.config
+        unet_config = identify_checkpoint(options.unet, release=releases[0]).config  # the shapes, for FLOP counts
+        vq_config = identify_checkpoint(options.autoencoder).config
         configs = {name: (unet_config, vq_config) for name in releases}
         return paths, configs, f"files {options.unet}, {options.autoencoder}"
     folder = Path(options.save_weights) if options.save_weights else work

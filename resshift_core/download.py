@@ -5,7 +5,7 @@ known), atomic (the file appears at its destination only once verified), and loc
 same file at once). When a file cannot be fetched, the error says where it comes from and the exact path where the
 user can put it by hand, so a machine without internet access can still be set up.
 
-Only the standard library is required; ``tqdm`` draws a progress bar when it is installed.
+Besides the standard library, ``tqdm`` draws the progress bar in a terminal.
 
 Environment variables:
 
@@ -31,12 +31,9 @@ import urllib.error
 import urllib.request
 from typing import Callable, Optional
 
-from .errors import ResShiftError
+from tqdm import tqdm as _tqdm
 
-try:  # Optional: only used to draw the progress bar.
-    from tqdm import tqdm as _tqdm
-except ImportError:  # pragma: no cover - depends on the environment
-    _tqdm = None
+from .errors import ResShiftError
 
 try:
     import fcntl
@@ -512,7 +509,7 @@ class _ProgressReporter:
 
     def __init__(self, progress: bool | ProgressCallback, label: str) -> None:
         self._callback = progress if callable(progress) else None
-        self._draw_bar = self._callback is None and bool(progress) and _tqdm is not None
+        self._draw_bar = self._callback is None and bool(progress)
         self._label = label
         self._bar = None
 

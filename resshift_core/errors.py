@@ -165,8 +165,18 @@ class NeededFile:
         return f"{self.name}: download {self.url} and save it as {self.path}"
 
 
+def reason_of(error: BaseException) -> str:
+    """The first line of an error's message without its closing punctuation, to be listed among other causes."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.rstrip(".:; ")
+
+
 def missing_files_message(files: Sequence[NeededFile], reason: str) -> str:
-    """One message that lists every missing file at once, so the user fixes them all in one go."""
-    lines = [f"{len(files)} weight file{'s' if len(files) != 1 else ''} missing ({reason}):"]
+    """One message that lists every missing file at once, so the user fixes them all in one go.
+
+    ``reason`` is one or more causes joined by "; " (each without its closing full stop, see
+    :func:`reason_of`); the message reads "2 weight files missing. Why: ...; ....", then one line per file."""
+    reason = reason.strip().rstrip(".")
+    lines = [f"{len(files)} weight file{'s' if len(files) != 1 else ''} missing. Why: {reason}. Each one:"]
     lines += [f"  - {file.describe()}" for file in files]
     return "\n".join(lines)

@@ -14,8 +14,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .download import OfflineError, default_cache_dir, download_file
-from .errors import NeededFile, missing_files_message
-from .releases import AUTOENCODERS, LICENSE_URL, WEIGHTS_LICENSE, AutoencoderRelease, Release, get_release
+from .errors import NeededFile, missing_files_message, reason_of
+from .releases import (
+    AUTOENCODERS,
+    LICENSE_URL,
+    WEIGHTS_LICENSE,
+    AutoencoderRelease,
+    Release,
+    get_release,
+    official_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +52,16 @@ def fetch_files(files: Sequence[WeightFile], *, cache_dir: str | os.PathLike | N
             continue
         folder.mkdir(parents=True, exist_ok=True)
         if not destination.exists():
-            logger.info("downloading %s (weights licensed under the %s: %s)", item.file_name, WEIGHTS_LICENSE,
-                        LICENSE_URL)
+            logger.info("downloading %s (weights licensed under the %s: %s)", item.file_name, item.license,
+                        item.license_url)
         try:
             paths.append(download_file(item.url, destination, expected_sha256=item.sha256, progress=progress,
                                        source_page=item.url.rsplit("/", 1)[0].replace("/download/", "/tag/")))
         except OfflineError as error:
             missing.append(NeededFile(item.file_name, item.url, destination))
-            reasons.append(str(error).splitlines()[0])
+            reasons.append(reason_of(error))
     if missing:
-        reason = "downloading is off ({arg:offline})" if not download else "; ".join(dict.fromkeys(reasons))
+        reason = "downloading is switched off ({arg:offline})" if not download else "; ".join(dict.fromkeys(reasons))
         raise missing_files_error(missing, reason)
     return paths
 
@@ -61,8 +69,11 @@ def fetch_files(files: Sequence[WeightFile], *, cache_dir: str | os.PathLike | N
 def missing_files_error(missing: Sequence[NeededFile], reason: str) -> OfflineError:
     """The error for weight files that cannot be had: every file with its address and place, and the licence of
     the weights (hosts with their own downloader raise it too, so the wording is the same everywhere)."""
-    message = missing_files_message(missing, reason) + (
-        f"\nThe weights are licensed by their authors under the {WEIGHTS_LICENSE}: {LICENSE_URL}")
+    licences = dict.fromkeys((official.license, official.license_url) for official in
+                             filter(None, (official_file(item.name) for item in missing)))
+    licences = licences or {(WEIGHTS_LICENSE, LICENSE_URL): None}
+    message = missing_files_message(missing, reason) + "".join(
+        f"\nThe weights are licensed by their authors under the {name}: {url}" for name, url in licences)
     return OfflineError(message, url=missing[0].url, path=missing[0].path, files=tuple(missing))
 
 

@@ -21,6 +21,7 @@ slack), calibrated against measured peaks (see the constants below and ``peak_of
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Callable, Sequence
@@ -30,6 +31,13 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from .planning import RunPlan, TilesArgument, padded_side
+from .runtime import parse_dtype
+from .sizing import OutputSize
+from .tiling import plan_tiles
+
+logger = logging.getLogger(__name__)
 
 GLIBC_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit glibc
 # What a run allocates beyond the tensors the trace sees (cuDNN's convolution workspaces on CUDA; oneDNN's scratch
@@ -145,7 +153,6 @@ class MemoryProbe:
 def weight_bytes(network: nn.Module, dtype: torch.dtype | str | None = None) -> int:
     """Bytes of a network's parameters and buffers on a device in ``dtype`` (None: as they are). Floating tensors
     take ``dtype``; the VQ codebook stays float32 (see :class:`~resshift_core.nets.vqgan.VectorQuantizer`)."""
-    from .runtime import parse_dtype
 
     target = parse_dtype(dtype) if dtype is not None else None
     keep_float32 = {id(p) for m in network.modules() if getattr(m, "keeps_float32", False)
@@ -199,9 +206,6 @@ def estimate_network_memory(descriptor, height: int, width: int, dtype=None, til
     """Weights plus the largest working memory of one network's calls on a ``height`` x ``width`` image: the LR
     input for a UNet, the (up-sampled) image it encodes for an autoencoder. Tiles as ``tiles`` (default: the
     device's); the tensors of the rest of the run are not counted (ask the pipeline for a whole run)."""
-    from .runtime import parse_dtype
-    from .planning import padded_side
-    from .tiling import plan_tiles
 
     dtype = parse_dtype(dtype)
     tiles = tiles or descriptor.preferred_tiles(device)
@@ -322,3 +326,53 @@ def describe_bytes(count: int) -> str:
 
 
 __all__: Sequence[str] = ["TensorMemoryTracker", "available_memory", "describe_bytes", "weight_bytes"]
+
+
+class MemoryMixin:
+    """What a run of a pipeline (:class:`~resshift_core.pipeline.ResShiftPipeline`) needs in memory: its weights and
+    the working memory of its plans, traced (see the module docstring). Uses the pipeline's networks, ``device``,
+    ``dtype``, ``plan``, ``plan_size`` and ``_probe_cache``."""
+
+    def _memory_budget(self) -> int | None:
+        """Bytes a run may use on the pipeline's device now (None: cannot be told)."""
+        return available_memory(self.device)
+
+    def _fits(self, plan: RunPlan, budget: float) -> bool:
+        """Whether a plan's working memory fits ``budget`` bytes; a trace that cannot run (an unusual PyTorch
+        build) says yes, so that "auto" keeps the official computation rather than failing."""
+        try:
+            return self.working_memory_of(plan) <= budget
+        except Exception as error:  # noqa: BLE001 - the estimate is advice; a run must not fail because of it
+            logger.warning("memory estimate unavailable (%s: %s); assuming the untiled run fits",
+                           type(error).__name__, error)
+            return True
+
+    def weight_bytes(self, dtype: str | torch.dtype | None = None) -> int:
+        """Bytes of both networks' weights on the device in ``dtype`` (default: the pipeline's)."""
+        dtype = parse_dtype(dtype) if dtype is not None else self.dtype
+        return sum(weight_bytes(network, dtype) for network in self.networks)
+
+    def working_memory_of(self, plan: RunPlan, dtype: torch.dtype | None = None) -> int:
+        """Peak bytes of a planned run beyond the weights, traced on the meta device (see :mod:`.memory`)."""
+        return run_working_memory(self, plan, dtype or self.dtype, self._probe_cache)
+
+    def estimate_memory(self, height: int, width: int, *, batch: int = 1, dtype: str | torch.dtype | None = None,
+                        tiles: TilesArgument = None, one_step: bool | None = None) -> int:
+        """Bytes a run on a batch of ``height`` x ``width`` LR images needs on the pipeline's device: the weights
+        plus the peak working memory of the run as planned with these settings."""
+        dtype = parse_dtype(dtype) if dtype is not None else self.dtype
+        return self.weight_bytes(dtype) + self.working_memory(height, width, batch=batch, dtype=dtype, tiles=tiles,
+                                                              one_step=one_step)
+
+    def working_memory(self, height: int, width: int, *, batch: int = 1, dtype: str | torch.dtype | None = None,
+                       tiles: TilesArgument = None, one_step: bool | None = None,
+                       size: OutputSize | None = None) -> int:
+        """:meth:`estimate_memory` without the weights: what a host with the weights already on the device (for
+        ComfyUI, ``memory_required``) must keep free. With an output ``size``, the largest of its passes."""
+        tiles = self._tiles_of(tiles)
+        size_plan = self.plan_size(width, height, size)
+        inputs = [(width, height), *size_plan.pass_sizes[:-1]]
+        return max(self.working_memory_of(self.plan(h, w, batch=batch, tiles=t, one_step=one_step),
+                                          parse_dtype(dtype) if dtype is not None else None)
+                   for (w, h), t in zip(inputs, self._pass_tiles(tiles, size_plan.passes)))
+

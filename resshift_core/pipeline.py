@@ -26,14 +26,14 @@ from .color import check_color_fix
 from .color import color_fix as apply_color_fix
 from .errors import InputImageError, InvalidArgumentError
 from .images import as_image_batch, finish_output, prepare_input, prepare_mask
-from .memory import available_memory, run_working_memory, weight_bytes
+from .memory import MemoryMixin
 from .models import ModelDescriptor
-from .planning import AUTO_MEMORY_SHARE, RunPlan, choose_auto_plan, make_plan, plan_cost
+from .planning import PlanningMixin, RunPlan, TilesArgument
 from .previews import LatentPreview
 from .releases import Release
 from .runtime import parse_dtype
 from .sampler import CancelCheck, NoiseSource, ProgressCallback, check_seed, random_seed
-from .sizing import OutputSize, SizePlan, plan_size, resize_exact
+from .sizing import OutputSize, SizePlan, resize_exact
 from .stages import ModelSpec, PipelineStages, ResShiftLatent, RunProgress, pad_bottom_right
 from .tiling import TileSettings, chop_starts, default_chop_stride, validate_chop
 
@@ -41,18 +41,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["ResShiftLatent", "ResShiftPipeline", "TileSettings", "chop_starts", "pad_bottom_right", "random_seed"]
 
-TilesArgument = TileSettings | str | None
-"""How a run is tiled: settings from :meth:`ResShiftPipeline.tiles` (the one value front-ends pass), a mode name
-("auto", "off", "latent") with the defaults, or None ("auto", or the model's own tile)."""
-
-
 def _is_out_of_memory(error: BaseException) -> bool:
     """A device allocation failure (CUDA raises OutOfMemoryError; other back-ends a RuntimeError saying so)."""
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(error, oom)) or "out of memory" in str(error).lower()
 
 
-class ResShiftPipeline(PipelineStages):
+class ResShiftPipeline(PipelineStages, PlanningMixin, MemoryMixin):
     """A UNet, its autoencoder (none for pixel-space models) and its schedule, on a device in a dtype.
 
     Build it with :meth:`assemble` (files, releases, descriptors; the host's facts). The constructor takes the
@@ -191,101 +186,6 @@ class ResShiftPipeline(PipelineStages):
             self._compiled["encoder"] = torch.compile(self.autoencoder.encode, **options)
             self._compiled["decoder"] = torch.compile(self.autoencoder.decoder, **options)
         return self
-
-    # ------------------------------------------------------------------------------------------------ planning
-    def tiles(self, tiling: str | None = None, tile_size: int | None = None, tile_overlap: int | None = None,
-              vae_tile_size: int | None = None, tile_batch_size: int | None = None) -> TileSettings:
-        """The tiling of a run from a user's choices, validated for this model and device
-        (:meth:`TileSettings.resolve <resshift_core.tiling.TileSettings.resolve>`: 0 / None = the default)."""
-        return TileSettings.resolve(self.device, tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap,
-                                    vae_tile_size=vae_tile_size, tile_batch_size=tile_batch_size,
-                                    model_tile_size=self.model_tile_size,
-                                    latent_multiple=self.unet.config.latent_multiple)
-
-    tile_settings = tiles  # the name earlier releases used
-
-    def _tiles_of(self, tiles: TilesArgument) -> TileSettings:
-        if isinstance(tiles, TileSettings):
-            tiles.validate()
-            tiles.check_for(self.unet.config.latent_multiple)
-            return tiles
-        return self.tiles(tiles)
-
-    def _make_plan(self, height: int, width: int, batch: int, tiles: TileSettings, one_step: bool, tile_unet: bool,
-                   tile_vae: bool) -> RunPlan:
-        return make_plan(height=height, width=width, batch=batch, scale=self.scale,
-                         padding_multiple=self.padding_multiple, latent_factor=self.latent_factor,
-                         latent_multiple=self.unet.config.latent_multiple, steps=self.schedule.num_steps,
-                         one_step=one_step, latent_space=self.latent_space, tiles=tiles, tile_unet=tile_unet,
-                         tile_vae=tile_vae and self.latent_space)
-
-    def plan(self, height: int, width: int, *, batch: int = 1, tiles: TilesArgument = None,
-             one_step: bool | None = None) -> RunPlan:
-        """How a run on a batch of ``height`` x ``width`` LR images will be computed; "auto" decides by memory and
-        cost (:func:`~resshift_core.planning.choose_auto_plan`)."""
-        tiles = self._tiles_of(tiles)
-        one_step = self.one_step if one_step is None else bool(one_step)
-        if tiles.mode != "auto":
-            tiled = tiles.mode == "latent"
-            return self._make_plan(height, width, batch, tiles, one_step, tiled, tiled)
-        key = (height, width, batch, tiles, one_step)
-        if key not in self._plan_cache:
-            budget = available_memory(self.device)
-            vq_config = self.autoencoder.config if self.latent_space else None
-            self._plan_cache[key] = choose_auto_plan(
-                lambda tile_unet, tile_vae: self._make_plan(height, width, batch, tiles, one_step, tile_unet,
-                                                            tile_vae),
-                model_tile_size=self.model_tile_size, latent_space=self.latent_space,
-                cost=lambda plan: plan_cost(plan, self.unet.config, vq_config, self.latent_factor,
-                                            device=self.device, dtype=self.dtype),
-                fits=lambda plan: budget is None or self._fits(plan, AUTO_MEMORY_SHARE * budget))
-        return self._plan_cache[key]
-
-    # ------------------------------------------------------------------------------------------------ memory
-    def _fits(self, plan: RunPlan, budget: float) -> bool:
-        """Whether a plan's working memory fits ``budget`` bytes; a trace that cannot run (an unusual PyTorch
-        build) says yes, so that "auto" keeps the official computation rather than failing."""
-        try:
-            return self.working_memory_of(plan) <= budget
-        except Exception as error:  # noqa: BLE001 - the estimate is advice; a run must not fail because of it
-            logger.warning("memory estimate unavailable (%s: %s); assuming the untiled run fits",
-                           type(error).__name__, error)
-            return True
-
-    def weight_bytes(self, dtype: str | torch.dtype | None = None) -> int:
-        """Bytes of both networks' weights on the device in ``dtype`` (default: the pipeline's)."""
-        dtype = parse_dtype(dtype) if dtype is not None else self.dtype
-        return sum(weight_bytes(network, dtype) for network in self.networks)
-
-    def working_memory_of(self, plan: RunPlan, dtype: torch.dtype | None = None) -> int:
-        """Peak bytes of a planned run beyond the weights, traced on the meta device (see :mod:`.memory`)."""
-        return run_working_memory(self, plan, dtype or self.dtype, self._probe_cache)
-
-    def estimate_memory(self, height: int, width: int, *, batch: int = 1, dtype: str | torch.dtype | None = None,
-                        tiles: TilesArgument = None, one_step: bool | None = None) -> int:
-        """Bytes a run on a batch of ``height`` x ``width`` LR images needs on the pipeline's device: the weights
-        plus the peak working memory of the run as planned with these settings."""
-        dtype = parse_dtype(dtype) if dtype is not None else self.dtype
-        return self.weight_bytes(dtype) + self.working_memory(height, width, batch=batch, dtype=dtype, tiles=tiles,
-                                                              one_step=one_step)
-
-    def working_memory(self, height: int, width: int, *, batch: int = 1, dtype: str | torch.dtype | None = None,
-                       tiles: TilesArgument = None, one_step: bool | None = None,
-                       size: OutputSize | None = None) -> int:
-        """:meth:`estimate_memory` without the weights: what a host with the weights already on the device (for
-        ComfyUI, ``memory_required``) must keep free. With an output ``size``, the largest of its passes."""
-        tiles = self._tiles_of(tiles)
-        size_plan = self.plan_size(width, height, size)
-        inputs = [(width, height), *size_plan.pass_sizes[:-1]]
-        return max(self.working_memory_of(self.plan(h, w, batch=batch, tiles=t, one_step=one_step),
-                                          parse_dtype(dtype) if dtype is not None else None)
-                   for (w, h), t in zip(inputs, self._pass_tiles(tiles, size_plan.passes)))
-
-    @staticmethod
-    def _pass_tiles(tiles: TileSettings, passes: int) -> list[TileSettings]:
-        """The tiling of each pass: later passes run on a large image, so "auto" tiles them."""
-        later = replace(tiles, mode="latent") if tiles.mode == "auto" else tiles
-        return [tiles] + [later] * (passes - 1)
 
     def latent_to_rgb(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latent -> (B, 3, h, w) float32 in [0, 1] without the decoder (previews; see
@@ -482,13 +382,6 @@ class ResShiftPipeline(PipelineStages):
             result = apply_color_fix(result, batch, color_fix)
         self.last_size_plan = size_plan if size_plan.passes > 1 or size_plan.needs_resize else None
         return finish_output(result, pil_context)
-
-    def plan_size(self, width: int, height: int, size: OutputSize | None = None) -> SizePlan:
-        """The passes that take a ``width`` x ``height`` input to the output ``size`` (None: the model's scale)."""
-        size = size or OutputSize()
-        if self.scale == 1 and not size.is_native():
-            raise InvalidArgumentError("size", size.describe(), "the input's own size: this model restores at x1")
-        return plan_size(width, height, size, self.scale)
 
     def _one_pass(self, batch: torch.Tensor, mask_m11, seed, generator, noise, generator_state, callback, cancel,
                   tiles: TileSettings, chop_size, chop_stride, one_step, mask_back, trace) -> torch.Tensor:

@@ -11,14 +11,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
 
+from .errors import InvalidArgumentError
+from .sizing import OutputSize, SizePlan, plan_size
 from .tiling import TilePlan, TileSettings, plan_tiles
 
 logger = logging.getLogger(__name__)
+
+TilesArgument = TileSettings | str | None
+"""How a run is tiled: settings from :meth:`PlanningMixin.tiles` (the one value front-ends pass), a mode name
+("auto", "off", "latent") with the defaults, or None ("auto", or the model's own tile)."""
 
 #: "auto" keeps the untiled (official) computation while it costs at most this much more than the tiled one.
 AUTO_COST_LIMIT = 1.5
@@ -218,3 +224,73 @@ def plan_cost(plan: RunPlan, unet_config, vq_config=None, latent_factor: int = 4
         vae_terms = _area_cost_terms("autoencoder", vq_config, 1, latent_factor)
         cost += tiles_cost(plan.vae_tiles, plan.latent_height, plan.latent_width, vae_terms)
     return cost * plan.batch
+
+
+# ------------------------------------------------------------------------------------------- a pipeline's plans
+class PlanningMixin:
+    """How a pipeline (:class:`~resshift_core.pipeline.ResShiftPipeline`) plans its runs: the tiling from a user's
+    choices, the plan of one run ("auto" decided by :func:`choose_auto_plan`), and the passes of an output size.
+    Uses the pipeline's ``spec``, ``device``, ``dtype``, networks, ``_plan_cache`` and ``_fits``.
+    """
+
+    def tiles(self, tiling: str | None = None, tile_size: int | None = None, tile_overlap: int | None = None,
+              vae_tile_size: int | None = None, tile_batch_size: int | None = None) -> TileSettings:
+        """The tiling of a run from a user's choices, validated for this model and device
+        (:meth:`TileSettings.resolve <resshift_core.tiling.TileSettings.resolve>`: 0 / None = the default)."""
+        return TileSettings.resolve(self.device, tiling=tiling, tile_size=tile_size, tile_overlap=tile_overlap,
+                                    vae_tile_size=vae_tile_size, tile_batch_size=tile_batch_size,
+                                    model_tile_size=self.model_tile_size,
+                                    latent_multiple=self.unet.config.latent_multiple)
+
+    tile_settings = tiles  # the name earlier releases used
+
+    def _tiles_of(self, tiles: TilesArgument) -> TileSettings:
+        if isinstance(tiles, TileSettings):
+            tiles.validate()
+            tiles.check_for(self.unet.config.latent_multiple)
+            return tiles
+        return self.tiles(tiles)
+
+    def _make_plan(self, height: int, width: int, batch: int, tiles: TileSettings, one_step: bool, tile_unet: bool,
+                   tile_vae: bool) -> RunPlan:
+        return make_plan(height=height, width=width, batch=batch, scale=self.scale,
+                         padding_multiple=self.padding_multiple, latent_factor=self.latent_factor,
+                         latent_multiple=self.unet.config.latent_multiple, steps=self.schedule.num_steps,
+                         one_step=one_step, latent_space=self.latent_space, tiles=tiles, tile_unet=tile_unet,
+                         tile_vae=tile_vae and self.latent_space)
+
+    def plan(self, height: int, width: int, *, batch: int = 1, tiles: TilesArgument = None,
+             one_step: bool | None = None) -> RunPlan:
+        """How a run on a batch of ``height`` x ``width`` LR images will be computed; "auto" decides by memory and
+        cost (:func:`~resshift_core.planning.choose_auto_plan`)."""
+        tiles = self._tiles_of(tiles)
+        one_step = self.one_step if one_step is None else bool(one_step)
+        if tiles.mode != "auto":
+            tiled = tiles.mode == "latent"
+            return self._make_plan(height, width, batch, tiles, one_step, tiled, tiled)
+        key = (height, width, batch, tiles, one_step)
+        if key not in self._plan_cache:
+            budget = self._memory_budget()
+            vq_config = self.autoencoder.config if self.latent_space else None
+            self._plan_cache[key] = choose_auto_plan(
+                lambda tile_unet, tile_vae: self._make_plan(height, width, batch, tiles, one_step, tile_unet,
+                                                            tile_vae),
+                model_tile_size=self.model_tile_size, latent_space=self.latent_space,
+                cost=lambda plan: plan_cost(plan, self.unet.config, vq_config, self.latent_factor,
+                                            device=self.device, dtype=self.dtype),
+                fits=lambda plan: budget is None or self._fits(plan, AUTO_MEMORY_SHARE * budget))
+        return self._plan_cache[key]
+
+    def plan_size(self, width: int, height: int, size: OutputSize | None = None) -> SizePlan:
+        """The passes that take a ``width`` x ``height`` input to the output ``size`` (None: the model's scale)."""
+        size = size or OutputSize()
+        if self.scale == 1 and not size.is_native():
+            raise InvalidArgumentError("size", size.describe(), "the input's own size: this model restores at x1")
+        return plan_size(width, height, size, self.scale)
+
+    @staticmethod
+    def _pass_tiles(tiles: TileSettings, passes: int) -> list[TileSettings]:
+        """The tiling of each pass: later passes run on a large image, so "auto" tiles them."""
+        later = replace(tiles, mode="latent") if tiles.mode == "auto" else tiles
+        return [tiles] + [later] * (passes - 1)
+

@@ -11,7 +11,7 @@ licence; downloading the weights means accepting theirs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import ResShiftError
 from .nets.unet import UNetConfig
@@ -22,6 +22,9 @@ RESSHIFT_URL = "https://github.com/zsyOAOA/ResShift/releases/download/v2.0/"
 SINSR_URL = "https://github.com/wyf0912/SinSR/releases/download/v1.0/"
 WEIGHTS_LICENSE = "S-Lab License 1.0 (non-commercial use only)"
 LICENSE_URL = "https://github.com/zsyOAOA/ResShift/blob/journal/LICENSE"
+# SinSR's authors publish under their own terms (parts of their code come from ResShift, under the S-Lab License).
+SINSR_LICENSE = "CC BY-NC-SA 4.0 (non-commercial use only; parts under ResShift's S-Lab License 1.0)"
+SINSR_LICENSE_URL = "https://github.com/wyf0912/SinSR/blob/main/LICENSE"
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,8 @@ class AutoencoderRelease:
     file_name: str
     config: VQConfig
     sha256: str | None = None  # not published by the authors; filled in once verified
+    license: str = WEIGHTS_LICENSE
+    license_url: str = LICENSE_URL
 
     @property
     def url(self) -> str:
@@ -68,7 +73,7 @@ class Release:
     description: str = ""
     sha256: str | None = None
     license: str = WEIGHTS_LICENSE
-    aliases: tuple[str, ...] = field(default_factory=tuple)
+    license_url: str = LICENSE_URL
 
     @property
     def num_network_calls(self) -> int:
@@ -112,7 +117,8 @@ _TABLE = (
 )
 RELEASES: dict[str, Release] = {
     name: Release(name, task, scale, schedule, file_name, base_url + file_name, autoencoder, unet, one_step=one_step,
-                  description=description)
+                  description=description,
+                  **({"license": SINSR_LICENSE, "license_url": SINSR_LICENSE_URL} if base_url == SINSR_URL else {}))
     for name, task, scale, schedule, file_name, base_url, autoencoder, unet, one_step, description in _TABLE
 }
 

@@ -197,33 +197,32 @@ class PipelineStages:
     # ------------------------------------------------------------------------------------------- network calls
     def _network(self, name: str, network: torch.nn.Module, function, *inputs: torch.Tensor) -> torch.Tensor:
         """Every network call goes through here: traced by the memory estimate, and run again in a wider
-        precision when float16 overflowed (see the module docstring)."""
+        precision when float16 overflowed (see the module docstring). Floating ``inputs`` are cast to the
+        pipeline's dtype here, so that a rerun starts from the values as they were (a float32 state beyond
+        float16's range overflows in the cast itself)."""
+        first = [t.to(self.dtype) if t.is_floating_point() else t for t in inputs]
         if self._probe is not None:
-            return self._probe.call(name, function, *inputs)
-        output = self._compiled.get(name, function)(*inputs)
+            return self._probe.call(name, function, *first)
+        output = self._compiled.get(name, function)(*first)
         if self.dtype != torch.float16 or _finite(output):
             return output
         wider = torch.bfloat16 if device_supports_bf16(self.device) else torch.float32
-        logger.warning("the %s overflowed in float16 (non-finite values); running that call again in %s", name,
-                       str(wider).replace("torch.", ""))
-        network.to(wider)
-        try:
-            output = function(*(t.to(wider) if t.is_floating_point() else t for t in inputs))
-        finally:
-            network.to(self.dtype)
-        if not _finite(output) and wider != torch.float32:
-            logger.warning("the %s overflowed in %s too; running that call in float32", name, wider)
-            network.to(torch.float32)
+        for dtype in dict.fromkeys([wider, torch.float32]):
+            logger.warning("the %s overflowed in %s (non-finite values); running that call again in %s", name,
+                           str(self.dtype if dtype == wider else wider).replace("torch.", ""),
+                           str(dtype).replace("torch.", ""))
+            network.to(dtype)
             try:
-                output = function(*(t.float() if t.is_floating_point() else t for t in inputs))
+                output = function(*(t.to(dtype) if t.is_floating_point() else t for t in inputs))
             finally:
                 network.to(self.dtype)
+            if _finite(output):
+                break
         return output
 
     def _run_unet(self, x_in: torch.Tensor, t: torch.Tensor, lq_features: torch.Tensor) -> torch.Tensor:
         unet = self.unet
-        return self._network("unet", unet, lambda x, s, f: unet(x, s, lq_features=f), x_in.to(self.dtype), t,
-                             lq_features).float()
+        return self._network("unet", unet, lambda x, s, f: unet(x, s, lq_features=f), x_in, t, lq_features).float()
 
     def _run_encoder(self, image: torch.Tensor) -> torch.Tensor:
         return self._network("encoder", self.autoencoder, self.autoencoder.encode, image).float()
@@ -271,7 +270,7 @@ class PipelineStages:
         image itself). Tiled when ``plan`` (or ``tiles`` other than "off") says so."""
         if not self.latent_space:
             return image_m11.float()
-        image = image_m11.to(self.device, self.dtype)
+        image = image_m11.to(self.device)
         factor = self.latent_factor
         return self._autoencoder_pass(self._run_encoder, "encode", image, self.autoencoder.config.embed_dim,
                                       1 / factor, (image.shape[-2] // factor, image.shape[-1] // factor), tiles,
@@ -289,7 +288,9 @@ class PipelineStages:
             return latent.float()
         autoencoder = self.autoencoder
         latent = latent.to(self.device)
-        features = autoencoder.post_quant_conv(autoencoder.quantize(latent.float()).to(self.dtype))
+        features = self._network("post_quant_conv", autoencoder, autoencoder.post_quant_conv,
+                                 autoencoder.quantize(latent.float())) if self._probe is None else \
+            autoencoder.post_quant_conv(autoencoder.quantize(latent.float()).to(self.dtype))
         return self._autoencoder_pass(self._run_decoder, "decode", features, autoencoder.config.out_ch,
                                       self.latent_factor, tuple(latent.shape[-2:]), tiles, plan, progress, cancel)
 
@@ -374,7 +375,7 @@ class PipelineStages:
             for first in range(0, len(windows), tiles.batch_size):
                 check_cancel(cancel)
                 group = windows[first:first + tiles.batch_size]
-                x_tiles = torch.cat([x_in[:, :, r, c] for r, c in group]).to(self.dtype)
+                x_tiles = torch.cat([x_in[:, :, r, c] for r, c in group])
                 f_tiles = torch.cat([lq_features[:, :, r, c] for r, c in group])
                 out = self._run_unet(x_tiles, t.repeat(len(group)), f_tiles)
                 for index, (rows, cols) in enumerate(group):

@@ -102,14 +102,14 @@ class UpscalerResShift(Upscaler):
                 continue
             if download:
                 logger.info("downloading %s for %s (weights under the %s: %s)", item.file_name, purpose,
-                            rc.WEIGHTS_LICENSE, rc.LICENSE_URL)
+                            item.license, item.license_url)
                 try:
                     local[item.file_name] = modelloader.load_file_from_url(item.url, model_dir=folder,
                                                                            file_name=item.file_name)
                     continue
                 except (OSError, RuntimeError, ValueError) as error:  # offline, HTTP error, checksum
                     logger.warning("could not download %s: %s", item.url, error)
-                    failures.append(str(error).splitlines()[0] if str(error) else type(error).__name__)
+                    failures.append(rc.reason_of(error))
             missing.append(NeededFile(item.file_name, item.url, Path(folder) / item.file_name))
         if missing:
             reason = ("the WebUI could not download them: " + "; ".join(dict.fromkeys(failures)) if failures

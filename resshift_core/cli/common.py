@@ -13,7 +13,8 @@ CLI_WORDS = Vocabulary(names={
     "tile_batch_size": "--tile-batch", "chop_size": "--chop-size", "chop_stride": "--chop-stride",
     "dtype": "--dtype", "device": "--device", "seed": "--seed", "cache_dir": "--cache-dir", "offline": "--offline",
     "mask": "--mask", "scale": "--scale", "batch_size": "--batch-size", "quality": "--quality",
-    "one_step": "--one-step",
+    "one_step": "--one-step", "color_fix": "--color-fix", "size": "--size", "width": "--size", "height": "--size",
+    "longest_side": "--size",
 }, setting="{name} {value}")
 
 

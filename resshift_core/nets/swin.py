@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from .layers import GroupNorm32, PointwiseConv2d, cache_key, is_channels_last
@@ -180,14 +181,13 @@ class SwinTransformerBlock(nn.Module):
         if self.shift:
             u = torch.roll(u, shifts=(-self.shift, -self.shift), dims=(2, 3))
         # (B, C, H, W) -> (B, nW, w*w, C), windows row-major, tokens row-major inside a window
-        windows = u.view(batch, channels, height // w, w, width // w, w).permute(0, 2, 4, 3, 5, 1)
-        windows = windows.reshape(batch, (height // w) * (width // w), w * w, channels)
+        windows = rearrange(u, "b c (nh h) (nw w) -> b (nh nw) (h w) c", h=w, w=w)
         attended = self.attn(windows, self.attention_bias(height, width, x.device))
-        u = attended.view(batch, height // w, width // w, w, w, channels)
+        grid = {"nh": height // w, "h": w, "w": w}
         if is_channels_last(x):  # back to (B, H, W, C) memory, seen as a channels-last (B, C, H, W) map
-            u = u.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+            u = rearrange(attended, "b (nh nw) (h w) c -> b (nh h) (nw w) c", **grid).permute(0, 3, 1, 2)
         else:
-            u = u.permute(0, 5, 1, 3, 2, 4).reshape(batch, channels, height, width)
+            u = rearrange(attended, "b (nh nw) (h w) c -> b c (nh h) (nw w)", **grid)
         if self.shift:
             u = torch.roll(u, shifts=(self.shift, self.shift), dims=(2, 3))
         x = x + u
