@@ -3,7 +3,9 @@
 A :class:`RunPlan` is what the pipeline runs, what the memory estimate traces and what progress counts are made of,
 so the three always agree. The cost model compares plans of one image: the work of the networks is counted once per
 architecture on the meta device (FLOPs of two small sizes), then extrapolated as ``a * area + b * area^2``: the
-convolutions and windowed attention grow with the area, the autoencoder's global attention with its square.
+convolutions and windowed attention grow with the area, the autoencoder's global attention with its square. A FLOP
+of that global attention costs more time than a FLOP of a convolution, by a factor that depends on the device and
+the precision (:data:`ATTENTION_COST_WEIGHT`, calibrated against measured runs).
 """
 
 from __future__ import annotations
@@ -208,11 +210,36 @@ def _area_cost_terms(kind: str, config, latent_multiple: int, factor: int) -> tu
     return flops1 / area1 - quadratic * area1, quadratic
 
 
+#: Time of one FLOP of the autoencoder's global attention relative to one of a convolution, per (device type,
+#: precision). Fitted to measured whole runs of realsr-v3, 256 -> 1024 px, full-size weights, one image per process, on
+#: a 2-core AVX-512 + bf16 CPU: untiled 229.2 s vs autoencoder-tiled 141.8 s in fp32 (1.62x), 167.8 s vs 77.9 s in
+#: bf16 (2.15x), where the FLOP counts alone predict 1.31x (attention over 65,536 tokens is bound by memory traffic,
+#: and bf16 speeds convolutions up far more than it speeds that attention up). Unmeasured devices count FLOPs (1.0).
+ATTENTION_COST_WEIGHT = {("cpu", "float32"): 1.8, ("cpu", "bfloat16"): 3.3}
+
+
+def attention_cost_weight(device=None, dtype=None) -> float:
+    """The weight of :data:`ATTENTION_COST_WEIGHT` for a device and precision (1.0 where none was measured; a CPU
+    without native bf16 emulates it and keeps the float32 weight)."""
+    if device is None:
+        return 1.0
+    kind = torch.device(device).type
+    name = str(dtype or torch.float32).replace("torch.", "")
+    if kind == "cpu" and name == "bfloat16":
+        from .runtime import cpu_has_native_bf16
+
+        name = "bfloat16" if cpu_has_native_bf16() else "float32"
+    return ATTENTION_COST_WEIGHT.get((kind, name), 1.0)
+
+
 def plan_cost(plan: RunPlan, unet_config, vq_config=None, latent_factor: int = 4, *, device=None,
               dtype=None) -> float:
-    """Relative work of a plan (FLOPs of every network call, batch included), to compare plans of one image."""
+    """Relative time of a plan (FLOPs of every network call, batch included, the autoencoder's global attention
+    weighted for ``device`` and ``dtype``), to compare plans of one image."""
+    weight = attention_cost_weight(device, dtype)
+
     def tiles_cost(tile_plan, height, width, terms) -> float:
-        a, b = terms
+        a, b = terms[0], terms[1] * weight
         if tile_plan is None:
             return a * height * width + b * (height * width) ** 2
         area = tile_plan.rows.size * tile_plan.cols.size

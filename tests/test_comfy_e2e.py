@@ -30,7 +30,7 @@ from tiny_weights import AUTOENCODER, SR_RELEASE, UNET, pixel_space_unet
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "example_workflows" / "api"
 NODE_IDS = ("ResShiftPipelineLoader", "ResShiftPipelineUpscale", "ResShiftPipelineEncode", "ResShiftPipelineSample",
-            "ResShiftPipelineDecode", "ResShiftPipelineInpaint")
+            "ResShiftPipelineDecode", "ResShiftPipelineInpaint", "ResShiftPipelineColorFix")
 PACK_FILES = ("__init__.py", "comfy_nodes", "resshift_core", "requirements.txt", "pyproject.toml",
               "example_workflows")
 INPUT_WIDTH, INPUT_HEIGHT = 32, 24
@@ -114,7 +114,7 @@ def test_pack_runs_in_a_real_comfyui(comfyui, tmp_path):
     # The interrupt run lasts many network calls (a 4x larger image in tiles); the small models need more of them.
     slow_changes = {} if not renames else {"5": {"scale_by": 8.0}, "3": {"tile_size": 16, "tile_overlap": 4}}
     good = [_workflow(WORKFLOWS / name, work, renames) for name in
-            ("upscale.json", "upscale_batch.json", "upscale_alpha.json", "split.json")]
+            ("upscale.json", "upscale_batch.json", "upscale_alpha.json", "split.json", "color_fix.json")]
     # A pixel-space model of one's own (what train/export.py writes): vae_name names an official file that is not
     # there, and the loader must neither need nor fetch it (the harness's ComfyUI is offline).
     own_model = pixel_space_unet(tmp_path / "own_pixel.safetensors")
@@ -159,3 +159,31 @@ def test_pack_runs_in_a_real_comfyui(comfyui, tmp_path):
         alpha = np.asarray(saved)[..., 3].astype(int)
     half = INPUT_WIDTH * 2
     assert alpha[:, :half - 8].max() <= 2 and alpha[:, half + 8:].min() >= 253
+
+
+def test_output_sizes_other_than_x4_in_a_real_comfyui(comfyui, tmp_path):
+    """A scale-2 upscale (with the colour fix) and a target width (aspect kept) in the real host: both give exactly
+    twice the 32x24 input, which the harness checks on every saved output."""
+    comfy_dir, python, harness = comfyui
+    work = tmp_path / "work"
+    work.mkdir()
+    pack = _pack_copy(tmp_path)
+    models, renames = _models(tmp_path)
+    command = [sys.executable, str(harness), "--comfy-dir", str(comfy_dir), "--python", python,
+               "--node-pack", str(pack), "--input-image", str(_rgba_input(tmp_path)), "--expect-scale", "2",
+               "--expect-progress", "--run-dir", str(tmp_path / "run"), "--report", str(tmp_path / "report.json"),
+               "--timeout", "900"]
+    for model in sorted(models.iterdir()):
+        command += ["--model", f"{model}:resshift"]
+    for name in ("upscale_scale2.json", "upscale_target_size.json"):
+        command += ["--workflow", str(_workflow(WORKFLOWS / name, work, renames))]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=3000, check=False)
+    print(finished.stdout[-4000:])
+    report = json.loads((tmp_path / "report.json").read_text())
+    failed = [check for check in report["checks"] if not check["ok"]]
+    assert finished.returncode == 0 and not failed, json.dumps(failed, indent=1)[:3000] + finished.stderr[-2000:]
+    outputs = tmp_path / "run" / "output"
+    for prefix in ("_scale2_", "_target_"):
+        (saved,) = [p for p in outputs.glob(f"*{prefix}*.png")]
+        with Image.open(saved) as image:
+            assert image.size == (INPUT_WIDTH * 2, INPUT_HEIGHT * 2)

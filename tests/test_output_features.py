@@ -289,3 +289,41 @@ def test_without_overflow_nothing_is_rerun(caplog, pipe):
     with caplog.at_level("WARNING"):
         pipe.upscale(photo(16, 16), seed=0)
     assert not any("overflowed" in record.message for record in caplog.records)
+
+
+# ------------------------------------------------------------------------------------ "auto" keeps its promise
+def _meta_release_pipeline():
+    from resshift_core.models import descriptor_for
+    from resshift_core.nets import ResShiftUNet, VQAutoencoder
+
+    release = rc.get_release("realsr-v3")
+    with torch.device("meta"):
+        unet, vae = ResShiftUNet(release.unet), VQAutoencoder(rc.AUTOENCODERS["vq-f4"].config)
+    return rc.ResShiftPipeline.from_loaded(descriptor_for(unet, release=release), descriptor_for(vae), device="meta")
+
+
+@pytest.mark.parametrize("dtype, untiled_at_128", [(torch.float32, True), (torch.bfloat16, True)])
+def test_auto_tiles_the_autoencoder_where_the_calibrated_cost_says_untiled_is_slower(monkeypatch, dtype,
+                                                                                      untiled_at_128):
+    """On the CPU the measured 256 px untiled run took 1.62x (fp32) and 2.15x (bf16) the tiled one: "auto" must tile
+    there (its rule: untiled only while it costs at most 1.5x), and keep the official computation at 128 px."""
+    from resshift_core import planning
+
+    monkeypatch.setattr(planning, "attention_cost_weight", lambda device=None, dtype=None: {
+        torch.float32: planning.ATTENTION_COST_WEIGHT[("cpu", "float32")],
+        torch.bfloat16: planning.ATTENTION_COST_WEIGHT[("cpu", "bfloat16")]}[dtype])
+    pipe = _meta_release_pipeline()
+    pipe.dtype = dtype  # the plan's cost follows the run's precision
+    monkeypatch.setattr(type(pipe), "_fits", lambda self, plan, budget: True)  # memory is not the question here
+    assert pipe.plan(128, 128).is_official == untiled_at_128
+    at_256 = pipe.plan(256, 256)
+    assert not at_256.is_official and at_256.unet_tiles is None  # the UNet whole, the autoencoder in tiles
+    assert pipe.plan(256, 256, tiles="off").is_official  # "off" still gives the official computation
+
+
+def test_unmeasured_devices_count_flops_and_cpu_weights_follow_the_precision():
+    from resshift_core.planning import ATTENTION_COST_WEIGHT, attention_cost_weight
+
+    assert attention_cost_weight("cuda", torch.float16) == 1.0
+    assert attention_cost_weight("cpu", torch.float32) == ATTENTION_COST_WEIGHT[("cpu", "float32")] > 1.0
+    assert attention_cost_weight("cpu", torch.bfloat16) >= attention_cost_weight("cpu", torch.float32)

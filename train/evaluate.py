@@ -88,13 +88,12 @@ def read_outputs(out_dir: Path, stems) -> dict[str, torch.Tensor]:
 
 
 def upscale_api(unet_path: Path, pairs, seed: int, one_step: bool, device: str) -> dict[str, torch.Tensor]:
-    """The same through the Python API (``ResShiftPipeline.from_files`` with no autoencoder)."""
+    """The same through the Python API (``ResShiftPipeline.assemble`` of a pixel-space file: no autoencoder)."""
     from resshift_core import ResShiftPipeline
 
-    pipe = ResShiftPipeline.from_files(unet_path, None, device=device, dtype="fp32")
-    if one_step:
-        pipe.one_step = True
-    return {stem: pipe.upscale(lr, seed=seed).cpu() for stem, (_, lr) in pairs.items()}
+    pipe = ResShiftPipeline.assemble(unet_path, device=device, dtype="fp32")
+    return {stem: pipe.upscale(lr, seed=seed, one_step=True if one_step else None).cpu()
+            for stem, (_, lr) in pairs.items()}
 
 
 def score(results: dict[str, torch.Tensor], pairs, scale: int) -> dict:
