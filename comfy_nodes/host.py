@@ -107,6 +107,11 @@ class LoadedResShift:
         return f"ResShift pipeline ({release}, {str(self.dtype).replace('torch.', '')})"
 
 
+def dtype_options() -> list[str]:
+    """The precisions the loader offers on ComfyUI's device (bf16 only where the card runs it)."""
+    return list(require_core().dtype_choices(model_management.get_torch_device()))
+
+
 def comfyui_dtype(unet) -> torch.dtype:
     """What ComfyUI would run a UNet of this size in on its device, among the precisions the network supports (the
     host's fact for the core's "auto" rule)."""
@@ -127,7 +132,20 @@ def load_networks(unet_name: str, vae_name: str, release: str | None, dtype: str
                                             dtype=dtype, host=facts)
     patchers = [comfy.model_patcher.ModelPatcher(network, load_device=load_device, offload_device=offload_device)
                 for network in pipeline.networks]
+    pipeline.free_device_memory = lambda: free_other_models(patchers)
     return LoadedResShift(pipeline, patchers, pipeline.dtype)
+
+
+def free_other_models(patchers: list) -> bool:
+    """After an out-of-memory error in a run: ask ComfyUI to unload every other model and empty its cache, keeping
+    ours (the run goes on with them); True when ComfyUI had something to free."""
+    device = patchers[0].load_device
+    ours = [loaded for loaded in getattr(model_management, "current_loaded_models", [])
+            if getattr(loaded, "model", None) in patchers]  # ComfyUI keeps models by its LoadedModel records
+    before = model_management.get_free_memory(device)
+    model_management.free_memory(model_management.get_total_memory(device), device, keep_loaded=ours)
+    model_management.soft_empty_cache()
+    return model_management.get_free_memory(device) > before
 
 
 def _supports_keyword(function, name: str) -> bool:

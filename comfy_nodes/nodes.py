@@ -126,7 +126,9 @@ LOADER = NodeDefinition(
                         "or metadata). The noise schedule cannot be read from the weights, so renamed files need it.",
                         options=release_options, default=AUTO),
         InputDefinition("dtype", COMBO, "Precision of the networks: 'auto' follows ComfyUI's choice for the device "
-                        "(float32 on the CPU).", options=lambda: list(DTYPES), default=AUTO),
+                        "(float32 on the CPU); bf16 is offered where the device runs it.",
+                        options=lambda: [AUTO, *host.dtype_options()] if core is not None else list(DTYPES),
+                        default=AUTO),
     ),
     outputs=(OutputDefinition(PIPELINE, "pipeline", "Both networks, managed by ComfyUI's model management."),),
     run=load_pipeline,

@@ -203,11 +203,18 @@ class ResShiftPipeline(PipelineStages, PlanningMixin, MemoryMixin):
             return NoiseSource(generator)
         return NoiseSource.from_seed(seed)
 
+    #: A host's way to make room on the device after an out-of-memory error (ComfyUI: free other models, empty its
+    #: cache), called before the tiles are halved; returns True when it freed something, and the same tiles are then
+    #: tried once more. None: the tiles are halved at once.
+    free_device_memory = None
+
     def _retrying(self, tiles: TileSettings, callback: ProgressCallback | None, attempt):
-        """``attempt(tiles, progress_for)`` again with smaller tiles after a device out-of-memory error, until the
-        tiles cannot shrink; progress goes on from the count reached so far, so that a host's bar never moves back.
-        Each attempt makes its own noise source, so a retry gives the same image."""
+        """``attempt(tiles, progress_for)`` again after a device out-of-memory error: first with the same tiles once
+        the host has made room (:attr:`free_device_memory`), then with smaller tiles until they cannot shrink;
+        progress goes on from the count reached so far, so that a host's bar never moves back. Each attempt makes
+        its own noise source, so a retry gives the same image."""
         reached = [0]
+        host_asked = False
 
         def progress(total: int, **options) -> RunProgress | None:
             if callback is None:
@@ -221,13 +228,20 @@ class ResShiftPipeline(PipelineStages, PlanningMixin, MemoryMixin):
             try:
                 return attempt(tiles, progress)
             except (RuntimeError, MemoryError) as error:
-                smaller = tiles.halved(self.unet.config.latent_multiple) if _is_out_of_memory(error) else None
+                if not _is_out_of_memory(error):
+                    raise
+                reached[0] = max([reached[0]] + [counter.done for counter in counters])
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if not host_asked and self.free_device_memory is not None:
+                    host_asked = True
+                    if self.free_device_memory():
+                        logger.warning("out of memory with %s; the host freed memory, trying again", tiles)
+                        continue
+                smaller = tiles.halved(self.unet.config.latent_multiple)
                 if smaller is None:
                     raise
                 logger.warning("out of memory with %s; retrying with %s", tiles, smaller)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                reached[0] = max([reached[0]] + [counter.done for counter in counters])
                 tiles = smaller
 
     def _seed_for_run(self, seed: int | None, generator, noise) -> int | None:

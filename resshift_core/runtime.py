@@ -143,6 +143,15 @@ def device_supports_bf16(device) -> bool:
     return False
 
 
+def dtype_choices(device) -> tuple[str, ...]:
+    """The precisions to offer on ``device``: bf16 only where it runs (on CUDA, Ampere and newer)."""
+    import torch
+
+    if torch.device(device).type == "cuda" and not device_supports_bf16(device):
+        return ("fp32", "fp16")
+    return DTYPE_CHOICES
+
+
 def choose_dtype(device, requested=None, *, host_dtype=None, allow_half: bool = True,
                  upcast: bool = False) -> torch.dtype:
     """The one rule for the precision a run uses on ``device``.
@@ -162,7 +171,12 @@ def choose_dtype(device, requested=None, *, host_dtype=None, allow_half: bool = 
     import torch
 
     if requested is not None and str(requested).strip().lower() not in ("auto", "automatic", ""):
-        return parse_dtype(requested)
+        chosen = parse_dtype(requested)
+        if chosen == torch.bfloat16 and "bf16" not in dtype_choices(device):
+            from .errors import InvalidArgumentError
+
+            raise InvalidArgumentError("dtype", "bf16", "fp16 or fp32 on this GPU (it does not run bfloat16)")
+        return chosen
     if not allow_half or upcast:
         return torch.float32
     if host_dtype is not None:

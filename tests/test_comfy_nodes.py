@@ -580,3 +580,29 @@ def test_out_of_memory_inside_the_node_retries_with_smaller_tiles_and_the_same_n
                           seed=3, tile_size=0, tile_overlap=-1)
     assert failures == [1]
     torch.testing.assert_close(out_image, batch_run["out_image"])
+
+
+@pytest.mark.parametrize("freed", [1 << 28, 0], ids=["comfyui-freed-memory", "nothing-to-free"])
+def test_out_of_memory_first_asks_comfyui_to_free_other_models(stubs, v3_pack, sr_pipeline, batch_run, monkeypatch,
+                                                                freed):
+    """ComfyUI's memory goes first: other models are unloaded (ours kept) and its cache emptied; when that freed
+    memory the run is tried again with the same tiles, and only otherwise are the tiles halved."""
+    unet = sr_pipeline.patchers[0].model
+    original_forward, failures = unet.forward, []
+
+    def forward_failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original_forward(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", forward_failing_once)
+    monkeypatch.setattr(stubs.model_management, "FREE_BYTES", freed)
+    stubs.model_management.FREE_CALLS.clear()
+    out_image, _ = run_v3(v3_pack["ResShiftPipelineUpscale"], pipeline=sr_pipeline, image=batch_run["image"],
+                          seed=3, tile_size=0, tile_overlap=-1)
+    calls = stubs.model_management.FREE_CALLS
+    assert calls[0]["memory_required"] > 0 and {"soft_empty_cache": True} in calls
+    tiles = sr_pipeline.pipeline.last_plan.tiles
+    assert tiles.mode == ("auto" if freed else "latent")  # the same tiles after ComfyUI made room, else smaller ones
+    torch.testing.assert_close(out_image, batch_run["out_image"])  # one tile either way here: the same image

@@ -327,3 +327,18 @@ def test_unmeasured_devices_count_flops_and_cpu_weights_follow_the_precision():
     assert attention_cost_weight("cuda", torch.float16) == 1.0
     assert attention_cost_weight("cpu", torch.float32) == ATTENTION_COST_WEIGHT[("cpu", "float32")] > 1.0
     assert attention_cost_weight("cpu", torch.bfloat16) >= attention_cost_weight("cpu", torch.float32)
+
+
+def test_the_precision_rule_takes_the_hosts_facts_and_offers_bf16_only_where_it_runs(monkeypatch):
+    from resshift_core import runtime
+
+    assert runtime.choose_dtype("cpu") == torch.float32 and runtime.choose_dtype("cuda", "auto") == torch.float16
+    assert runtime.choose_dtype("cuda", "auto", allow_half=False) == torch.float32  # the WebUI's --no-half
+    assert runtime.choose_dtype("cuda", "auto", upcast=True) == torch.float32  # its --upcast-sampling
+    assert runtime.choose_dtype("cuda", "auto", host_dtype=torch.float32) == torch.float32  # ComfyUI's choice
+    assert runtime.choose_dtype("cuda", "auto", host_dtype="fp8_e4m3fn") == torch.float16  # not ours: the default
+    assert runtime.choose_dtype("cpu", "bf16") == torch.bfloat16  # an explicit choice wins
+    monkeypatch.setattr(runtime, "device_supports_bf16", lambda device: False)
+    assert runtime.dtype_choices("cuda") == ("fp32", "fp16")
+    with pytest.raises(rc.InvalidArgumentError, match="bfloat16"):
+        runtime.choose_dtype("cuda", "bf16")

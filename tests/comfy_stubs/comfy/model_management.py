@@ -9,6 +9,9 @@ import torch
 
 LOAD_CALLS = []
 DTYPE_CALLS = []
+FREE_CALLS = []
+FREE_BYTES = 0  # what the next free_memory call frees (tests set it)
+current_loaded_models = []
 UNET_DTYPE = torch.float32
 TORCH_DEVICE = torch.device("cpu")
 _interrupted = False
@@ -25,6 +28,7 @@ def reset():
     global UNET_DTYPE, TORCH_DEVICE, _interrupted
     LOAD_CALLS.clear()
     DTYPE_CALLS.clear()
+    FREE_CALLS.clear()
     UNET_DTYPE = torch.float32
     TORCH_DEVICE = torch.device("cpu")
     _interrupted = False
@@ -74,3 +78,24 @@ def throw_exception_if_processing_interrupted():
     if _interrupted:
         _interrupted = False
         raise InterruptProcessingException()
+
+
+_freed = 0
+
+
+def get_free_memory(dev=None, torch_free_too=False):
+    return (1 << 30) + _freed
+
+
+def get_total_memory(dev=None, torch_total_too=False):
+    return 8 << 30
+
+
+def free_memory(memory_required, device, keep_loaded=[]):  # noqa: B006 (ComfyUI's signature)
+    global _freed
+    FREE_CALLS.append({"memory_required": memory_required, "device": device, "keep_loaded": list(keep_loaded)})
+    _freed += FREE_BYTES
+
+
+def soft_empty_cache(force=False):
+    FREE_CALLS.append({"soft_empty_cache": True})
