@@ -498,13 +498,3 @@ def test_progress_false_prints_nothing(server, tmp_path, capsys):
 
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", "")
-
-
-def test_progress_true_without_tqdm_still_downloads_silently(server, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(download, "_tqdm", None)  # As if tqdm were not installed.
-    server.routes["/w.pth"] = lambda h, n: send_body(h, BODY)
-
-    download_file(server.url("/w.pth"), tmp_path / "w.pth", progress=True)
-
-    assert (tmp_path / "w.pth").read_bytes() == BODY
-    assert capsys.readouterr().err == ""
