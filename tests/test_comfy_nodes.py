@@ -564,8 +564,8 @@ def test_on_cuda_the_networks_run_where_comfyui_loads_them_in_its_dtype(stubs, v
     assert (out_image - batch_run["out_image"]).abs().mean() < 0.02  # float16 on CUDA vs float32 on the CPU
 
 
-def test_out_of_memory_inside_the_node_retries_with_smaller_tiles_and_the_same_noise(stubs, v3_pack, sr_pipeline,
-                                                                                      batch_run, monkeypatch):
+def _unet_out_of_memory_once(sr_pipeline, monkeypatch) -> list:
+    """The UNet's first call raises the out-of-memory error CUDA raises; returns the list that records it."""
     unet = sr_pipeline.patchers[0].model
     original_forward, failures = unet.forward, []
 
@@ -576,6 +576,12 @@ def test_out_of_memory_inside_the_node_retries_with_smaller_tiles_and_the_same_n
         return original_forward(*args, **kwargs)
 
     monkeypatch.setattr(unet, "forward", forward_failing_once)
+    return failures
+
+
+def test_out_of_memory_inside_the_node_retries_with_smaller_tiles_and_the_same_noise(stubs, v3_pack, sr_pipeline,
+                                                                                      batch_run, monkeypatch):
+    failures = _unet_out_of_memory_once(sr_pipeline, monkeypatch)
     out_image, _ = run_v3(v3_pack["ResShiftPipelineUpscale"], pipeline=sr_pipeline, image=batch_run["image"],
                           seed=3, tile_size=0, tile_overlap=-1)
     assert failures == [1]
@@ -587,16 +593,7 @@ def test_out_of_memory_first_asks_comfyui_to_free_other_models(stubs, v3_pack, s
                                                                 freed):
     """ComfyUI's memory goes first: other models are unloaded (ours kept) and its cache emptied; when that freed
     memory the run is tried again with the same tiles, and only otherwise are the tiles halved."""
-    unet = sr_pipeline.patchers[0].model
-    original_forward, failures = unet.forward, []
-
-    def forward_failing_once(*args, **kwargs):
-        if not failures:
-            failures.append(1)
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return original_forward(*args, **kwargs)
-
-    monkeypatch.setattr(unet, "forward", forward_failing_once)
+    failures = _unet_out_of_memory_once(sr_pipeline, monkeypatch)
     monkeypatch.setattr(stubs.model_management, "FREE_BYTES", freed)
     stubs.model_management.FREE_CALLS.clear()
     out_image, _ = run_v3(v3_pack["ResShiftPipelineUpscale"], pipeline=sr_pipeline, image=batch_run["image"],

@@ -14,7 +14,8 @@ Configurations (``--configs``, comma-separated):
                              https://github.com/zsyOAOA/ResShift, branch journal, given with ``--official``), fp32,
                              patch-wise with ``--chop-size`` / ``--chop-stride`` (default 64 / 48), seed ``--seed``.
                              Its model building is replaced by a CPU one (same config, our safetensors loaded with
-                             tools/official_side_by_side.load) and ``Tensor.cuda`` is the identity; the rest is its code.
+                             tools/official_side_by_side.load)
+                             and ``Tensor.cuda`` is the identity; the rest is its code.
     ours-fp32, ours-bf16     ResShiftPipeline.assemble(...) + tune_cpu_allocator() as the command line does, default
                              settings (tiles="auto"); the plan it chose is reported.
     ours-untiled-DTYPE       the same with tiles="off"
@@ -24,10 +25,12 @@ Configurations (``--configs``, comma-separated):
 
     python tools/cpu_side_by_side.py --configs official,ours-fp32,ours-bf16 --size 256 --json /tmp/sbs_256.json
 """
+from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULT_TAG = "SBS_RESULT "
 OFFICIAL_CONFIG = "configs/realsr_swinunet_realesrgan256_journal.yaml"  # the official CLI's config for realsr v3
 DEFAULT_CONFIGS = "official,ours-fp32,ours-bf16"
-KNOWN = ("official", "ours-fp32", "ours-bf16", "ours-fp16", "ours-untiled-fp32", "ours-untiled-bf16",
+KNOWN = ("official", "ours-fp32", "ours-bf16", "ours-untiled-fp32", "ours-untiled-bf16",
          "ours-tiled-fp32", "ours-tiled-bf16", "cli-fp32", "cli-bf16")
 
 
@@ -110,9 +113,8 @@ def child_official(spec: dict) -> dict:
 
     # torchvision >= 0.17 dropped functional_tensor, which the official basicsr copy imports (data pipeline only)
     sys.modules.setdefault("torchvision.transforms.functional_tensor", tv_functional)
-    from omegaconf import OmegaConf
-
     import sampler as official_sampler
+    from omegaconf import OmegaConf
     from utils import util_common, util_image
 
     sys.path.insert(1, str(ROOT / "tools"))
@@ -221,7 +223,7 @@ def run_child(kind: str, spec: dict, timeout: float | None) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", kind, json.dumps(spec)]
     start = time.perf_counter()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
+        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout, cwd=str(ROOT))
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
     wall = time.perf_counter() - start
@@ -297,7 +299,10 @@ def main() -> None:
     parser.add_argument("--release", default="realsr-v3")
     parser.add_argument("--weights-seed", type=int, default=12345, help="seed of the random weights (the bench's)")
     parser.add_argument("--seed", type=int, default=12345, help="noise seed of every run (the CLIs' default)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per child process (default none)")
+    parser.add_argument("--repeat", type=int, default=1, help="processes per configuration and size (interleaved; "
+                                                                  "ratios use the medians)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per child process (default none; not for cli-*)")
     parser.add_argument("--workdir", default=None, help="inputs and outputs of the runs (default: a temporary "
                                                         "folder)")
     parser.add_argument("--json", default=None, help="write all results to this file")
@@ -321,31 +326,31 @@ def main() -> None:
     print(f"weights {paths[0]} + {paths[1]}; workdir {workdir}; {machine}", flush=True)
 
     results = []
-    for size in sizes:
-        for config in configs:
-            spec = {"size": size, "seed": options.seed, "unet": paths[0], "autoencoder": paths[1],
-                    "release": options.release, "workdir": str(workdir / f"{config}_{size}")}
-            print(f"[{time.strftime('%H:%M:%S')}] {config} at {size} px ...", flush=True)
-            if config == "official" and min(size, options.chop_size) <= 32:
-                result = {"error": "the official sampler pads every patch to a multiple of 64 px with reflection, "
-                                   "which needs patch sides over 32 px (size and chop size > 32)"}
-            elif config == "official":
-                result = run_child("official", {**spec, "official": options.official,
-                                                "chop_size": options.chop_size,
-                                                "chop_stride": options.chop_stride}, options.timeout)
-            elif config.startswith("cli-"):
-                result = run_cli(config.split("-")[1], size, paths, options.release, options.seed, workdir,
-                                 options.timeout)
-            else:
-                parts = config.split("-")
-                tiles = {"untiled": "off", "tiled": "latent"}.get(parts[1]) if len(parts) == 3 else None
-                result = run_child("ours", {**spec, "dtype": parts[-1], "tiles": tiles}, options.timeout)
-            result = {"config": config, "size": size, **result}
-            results.append(result)
-            print("    " + (result["error"] if "error" in result else
-                            f"run {_fmt(result.get('run_seconds'))} s, load {_fmt(result.get('load_seconds'))} s, "
-                            f"process {_fmt(result.get('process_seconds'))} s, peak {result.get('peak_rss_mib')} "
-                            f"MiB, out {result.get('output_shape')}, {result.get('plan')}"), flush=True)
+    for size, repeat, config in [(s, r, c) for s in sizes for r in range(options.repeat) for c in configs]:
+        spec = {"size": size, "seed": options.seed, "unet": paths[0], "autoencoder": paths[1],
+                "release": options.release, "workdir": str(workdir / f"{config}_{size}")}
+        print(f"[{time.strftime('%H:%M:%S')}] {config} at {size} px (run {repeat + 1} of {options.repeat}), "
+              f"load average {os.getloadavg()[0]:.2f} ...", flush=True)
+        if config == "official" and min(size, options.chop_size) <= 32:
+            result = {"error": "the official sampler pads every patch to a multiple of 64 px with reflection, "
+                               "which needs patch sides over 32 px (size and chop size > 32)"}
+        elif config == "official":
+            result = run_child("official", {**spec, "official": options.official,
+                                            "chop_size": options.chop_size,
+                                            "chop_stride": options.chop_stride}, options.timeout)
+        elif config.startswith("cli-"):
+            result = run_cli(config.split("-")[1], size, paths, options.release, options.seed, workdir,
+                             options.timeout)
+        else:
+            parts = config.split("-")
+            tiles = {"untiled": "off", "tiled": "latent"}.get(parts[1]) if len(parts) == 3 else None
+            result = run_child("ours", {**spec, "dtype": parts[-1], "tiles": tiles}, options.timeout)
+        result = {"config": config, "size": size, "repeat": repeat, **result}
+        results.append(result)
+        print("    " + (result["error"] if "error" in result else
+                        f"run {_fmt(result.get('run_seconds'))} s, load {_fmt(result.get('load_seconds'))} s, "
+                        f"process {_fmt(result.get('process_seconds'))} s, peak {result.get('peak_rss_mib')} "
+                        f"MiB, out {result.get('output_shape')}, {result.get('plan')}"), flush=True)
 
     ratios = summarize(results, sizes)
     if options.json:
@@ -360,31 +365,37 @@ def _fmt(value, digits=2) -> str:
 
 def summarize(results: list[dict], sizes: list[int]) -> list[dict]:
     print()
-    header = f"{'config':<20} {'size':>5} {'run s':>9} {'load s':>8} {'proc s':>8} {'peak MiB':>9} {'output':>18}  plan"
+    header = (f"{'config':<20} {'size':>5} {'#':>2} {'run s':>9} {'load s':>8} {'proc s':>8} {'peak MiB':>9} "
+              f"{'output':>18}  plan")
     print(header)
     print("-" * len(header))
     for r in results:
         if "error" in r:
-            print(f"{r['config']:<20} {r['size']:>5}  ERROR {r['error'][:150]}")
+            print(f"{r['config']:<20} {r['size']:>5} {r['repeat'] + 1:>2}  ERROR {r['error'][:150]}")
             continue
         shape = "x".join(str(v) for v in r.get("output_shape") or [])
-        print(f"{r['config']:<20} {r['size']:>5} {_fmt(r.get('run_seconds')):>9} {_fmt(r.get('load_seconds')):>8} "
-              f"{_fmt(r.get('process_seconds')):>8} {str(r.get('peak_rss_mib')):>9} {shape:>18}  {r.get('plan')}")
+        print(f"{r['config']:<20} {r['size']:>5} {r['repeat'] + 1:>2} {_fmt(r.get('run_seconds')):>9} "
+              f"{_fmt(r.get('load_seconds')):>8} {_fmt(r.get('process_seconds')):>8} {r.get('peak_rss_mib')!s:>9} {shape:>18}  {r.get('plan')}")
     ratios = []
     for size in sizes:
-        seconds = {r["config"]: r.get("run_seconds") for r in results if r["size"] == size and "error" not in r}
+        done = [r for r in results if r["size"] == size and "error" not in r and r.get("run_seconds")]
+        seconds = {name: statistics.median(r["run_seconds"] for r in done if r["config"] == name)
+                   for name in dict.fromkeys(r["config"] for r in done)}
+        plans = {r["config"]: r.get("plan") for r in done}
         official = seconds.get("official")
         for name, value in seconds.items():
-            if official and value and name.startswith("ours"):
+            if official and name.startswith("ours"):
                 ratios.append({"size": size, "ratio": f"official / {name}", "value": official / value})
         for dtype in ("fp32", "bf16"):
             untiled, tiled = seconds.get(f"ours-untiled-{dtype}"), seconds.get(f"ours-tiled-{dtype}")
             if untiled and tiled:
-                ratios.append({"size": size, "ratio": f"untiled / tiled {dtype}", "value": untiled / tiled})
+                same = plans[f"ours-untiled-{dtype}"] == plans[f"ours-tiled-{dtype}"]
+                ratios.append({"size": size, "ratio": f"untiled / tiled {dtype}", "value": untiled / tiled,
+                               "note": "same plan (nothing tiled at this size): the ratio is noise" if same else ""})
     if ratios:
         print()
         for r in ratios:
-            print(f"{r['size']:>5} px  {r['ratio']:<32} {r['value']:.2f}")
+            print(f"{r['size']:>5} px  {r['ratio']:<32} {r['value']:.2f}  {r.get('note', '')}")
     return ratios
 
 

@@ -49,7 +49,6 @@ import argparse
 import gc
 import json
 import logging
-import math
 import os
 import platform
 import re
@@ -59,6 +58,7 @@ import subprocess
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,9 @@ for _path in (ROOT, ROOT / "tools"):
         sys.path.insert(0, str(_path))
 
 STAGES = ("speed", "side", "cap", "guard", "tests", "compile")
-DEFAULT_BUDGETS = {"speed": 110, "side": 60, "cap": 45, "guard": 20, "tests": 75, "compile": 120}
+#: Soft budgets (seconds); with the children's start-up this fills --total-seconds 450 on an H100 / H200, compile (last)
+#: getting what the others left, up to its budget.
+DEFAULT_BUDGETS = {"speed": 100, "side": 50, "cap": 40, "guard": 15, "tests": 60, "compile": 240}
 GRACE_S = 25  # a child's start (imports, CUDA context, weights) on top of its budget, before the hard kill
 RELEASE = "realsr-v3"
 GIB = 2 ** 30
@@ -137,6 +139,11 @@ def summary_line(stage: str, record: dict) -> str:
     keys = ("mode", "dtype", "network", "size", "status", "seconds", "first_seconds", "plan", "peak_gib",
             "estimate_ratio", "pct_fp16_peak", "oom_retries", "finite", "new_graphs", "speedup", "psnr",
             "passed", "failed", "skipped")
+    if record.get("probe") == "sdpa" and record.get("keys"):
+        backends = [f"{name} {value['seconds'] * 1e3:.2f} ms" if "seconds" in value else f"{name} refused"
+                    for name, value in record.items() if isinstance(value, dict)]
+        return (f"[{stage}] sdpa {record['dtype']} {record['queries']} queries x {record['keys']} keys, head 512: "
+                + ", ".join(backends))
     parts = []
     for key in keys:
         value = record.get(key)
@@ -374,11 +381,12 @@ def measure_size(ctx: Context, pipe, dtype: str, size: int, repeat: int, spec_tf
         if ctx.cuda:
             torch.cuda.reset_peak_memory_stats(ctx.device)
         seconds = []
-        for _ in range(runs):
+        for number in range(runs):
             out, elapsed = timed_upscale(pipe, image, options.seed)
             seconds.append(elapsed)
-        record["finite"] = bool(torch.isfinite(out).all())
-        del out
+            if number == runs - 1:
+                record["finite"] = bool(torch.isfinite(out).all())
+            del out  # not alive during the next run: the peak is one run's
     record.update(status="ok" if runs == repeat else f"ok ({runs} of {repeat} timed runs: budget)",
                   seconds=statistics.median(seconds), seconds_all=seconds,
                   megapixels_per_second=(size * pipe.scale) ** 2 / 1e6 / statistics.median(seconds),
@@ -405,6 +413,54 @@ def measure_size(ctx: Context, pipe, dtype: str, size: int, repeat: int, spec_tf
     return record
 
 
+def sdpa_probe(ctx: Context, dtype: str) -> None:
+    """Which scaled_dot_product_attention backend takes the autoencoder's attention (one head of 512 channels, the
+    shape its query chunks have: 4096 queries against all keys), and how fast each one runs it."""
+    import torch
+    import torch.nn.functional as F
+
+    from resshift_core.runtime import parse_dtype
+
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError as error:
+        ctx.skip(f"torch.nn.attention unavailable ({error})", probe="sdpa")
+        return
+    names = ["FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"]
+    backends = [(name, getattr(SDPBackend, name)) for name in names if hasattr(SDPBackend, name)]
+    keys_list = (256, 1024) if ctx.options.dry_run else (4096, 16384, 65536)
+    generator = torch.Generator(ctx.device).manual_seed(0)
+    for keys in keys_list:
+        queries = min(keys, 4096)
+        shape = lambda n: (1, 1, n, 512)  # noqa: E731
+        q = torch.randn(shape(queries), device=ctx.device, generator=generator).to(parse_dtype(dtype))
+        k = torch.randn(shape(keys), device=ctx.device, generator=generator).to(q.dtype)
+        v = torch.randn(shape(keys), device=ctx.device, generator=generator).to(q.dtype)
+        record: dict = {"probe": "sdpa", "dtype": dtype, "queries": queries, "keys": keys, "head_dim": 512,
+                        "heads": 1, "status": "ok"}
+        reference = None
+        for name, backend in [("default", None)] + backends:
+            try:
+                with torch.inference_mode(), sdpa_kernel([backend]) if backend is not None else nullcontext():
+                    out = F.scaled_dot_product_attention(q, k, v)
+                    runs = []
+                    for _ in range(3):
+                        sync(ctx.device)
+                        start = time.perf_counter()
+                        out = F.scaled_dot_product_attention(q, k, v)
+                        sync(ctx.device)
+                        runs.append(time.perf_counter() - start)
+                if reference is None:
+                    reference = out.float()
+                record[name] = {"seconds": min(runs),
+                                "max_abs_diff_vs_default": float((out.float() - reference).abs().max())}
+            except Exception as error:  # noqa: BLE001 - "does not take this shape" is the answer
+                record[name] = {"error": error_text(error)[:160]}
+        ctx.file.add(record)
+        del q, k, v
+        free_device_memory(ctx.device)
+
+
 def stage_speed(ctx: Context) -> None:
     import torch
 
@@ -416,6 +472,11 @@ def stage_speed(ctx: Context) -> None:
         if not ctx.budget.allows(predict(times, dtype, options.sizes[0])):
             ctx.skip("time budget", dtype=dtype)
             continue
+        if dtype == speed_dtypes(ctx)[0] and ctx.options.sdpa_probe:
+            try:
+                sdpa_probe(ctx, dtype)
+            except Exception as error:  # noqa: BLE001 - a side figure
+                ctx.file.add({"probe": "sdpa", "status": f"failed: {error_text(error)}"})
         pipe = ctx.pipeline(dtype)
         matmul = measured_matmul_tflops(ctx, dtype)
         for size in options.sizes:
@@ -430,7 +491,6 @@ def stage_speed(ctx: Context) -> None:
             except Exception as error:  # noqa: BLE001 - the other sizes go on
                 traceback.print_exc()
                 ctx.file.add({"dtype": dtype, "size": size, "status": f"failed: {error_text(error)}"})
-                times[(dtype, size)] = math.inf
             free_device_memory(ctx.device)
         del pipe
         free_device_memory(ctx.device)
@@ -573,6 +633,14 @@ def new_graphs(delta: dict) -> int:
     return int(delta.get("stats.unique_graphs", 0))
 
 
+def compile_order(sizes: list[int]) -> list[int]:
+    """The order of the compile stage's images: the first size, a second size (does it compile again?), the first
+    size again (is it cached?), then the other sizes."""
+    if len(sizes) < 2:
+        return list(sizes)
+    return [sizes[0], sizes[1], sizes[0], *sizes[2:]]
+
+
 def stage_compile(ctx: Context) -> None:
     import torch
 
@@ -593,21 +661,25 @@ def stage_compile(ctx: Context) -> None:
         torch._dynamo.reset()
         pipe = ctx.pipeline("fp16").compile(mode=mode)
         print(f"== compile mode={mode}", flush=True)
-        sizes = list(options.compile_sizes) + ([options.compile_sizes[0]] if len(options.compile_sizes) > 1 else [])
         seen: set[int] = set()
-        for step, size in enumerate(sizes):
+        for step, size in enumerate(compile_order(options.compile_sizes)):
             again = size in seen
             eager = ctx.speed_record("fp16", size)
-            guess = (compile_times[-1] if compile_times else None) if not again else \
-                (eager["seconds"] * 3 if eager else None)
-            if step and not ctx.budget.allows(guess):
+            # The second image is the question (does another size compile again?): it is always started while any
+            # time is left; killed at the stage's limit, its record says how long it had run. Later images start
+            # only where their predicted time fits.
+            if step >= 2 and not ctx.budget.allows((eager["seconds"] * 3 if eager else None) if again
+                                                   else (compile_times[-1] if compile_times else None)):
                 ctx.skip(f"time budget ({ctx.budget.left():.0f} s left)", mode=mode, size=size, again=again)
                 continue
-            record: dict = {"mode": mode, "dtype": "fp16", "size": size, "step": step + 1,
-                            "again": again, "eager_seconds": eager["seconds"] if eager else None}
-            # written before the call: a compile killed at the stage's limit leaves this record
-            record["status"] = "running (killed at the stage's time limit if nothing follows)"
-            ctx.file.data["records"].append(record)
+            if ctx.budget.left() < 5:
+                ctx.skip("time budget spent", mode=mode, size=size, again=again)
+                continue
+            record: dict = {"mode": mode, "dtype": "fp16", "size": size, "step": step + 1, "again": again,
+                            "eager_seconds": eager["seconds"] if eager else None,
+                            "started_at": time.time(),
+                            "status": "running (still in this call when the stage was killed)"}
+            ctx.file.data["records"].append(record)  # written before the call: a kill leaves it
             ctx.file.write()
             image = input_image(size).to(ctx.device)
             try:
@@ -615,28 +687,30 @@ def stage_compile(ctx: Context) -> None:
                 with LogCapture() as log:
                     out, first = timed_upscale(pipe, image, options.seed)
                 delta = counter_delta(before, counter_snapshot())
+                record["inductor_cache"] = (f"{delta.get('inductor.fxgraph_cache_hit', 0)} hit, "
+                                            f"{delta.get('inductor.fxgraph_cache_miss', 0)} miss")
                 record.update(first_seconds=first, new_graphs=new_graphs(delta), counters_first=delta,
                               plan=short_plan(pipe.last_plan), finite=bool(torch.isfinite(out).all()),
                               oom_retries=log.count("out of memory"), fp16_reruns=log.count("overflowed"))
                 del out
                 if not again:
                     compile_times.append(first)
-                runs = []
+                runs: list[float] = []
                 before = counter_snapshot()
-                for _ in range(options.compile_repeat):
-                    if not ctx.budget.allows(first if not runs else max(runs)):
+                for _ in range(options.compile_repeat):  # steady runs, as many as fit (one at least if any)
+                    guess = max(runs) if runs else (eager["seconds"] if eager else first)
+                    if not ctx.budget.allows(guess):
                         break
                     runs.append(timed_upscale(pipe, image, options.seed)[1])
                 steady = counter_delta(before, counter_snapshot())
-                record.update(seconds=statistics.median(runs) if runs else None, seconds_all=runs,
-                              new_graphs_steady=new_graphs(steady), counters_steady=steady,
-                              speedup=(eager["seconds"] / statistics.median(runs)) if eager and runs else None,
-                              compile_seconds=(first - statistics.median(runs)) if runs else None)
-                record["status"] = "ok"
-                if step and not again:
-                    record["another_size_compiles"] = record["new_graphs"] > 0
+                median = statistics.median(runs) if runs else None
+                record.update(seconds=median, seconds_all=runs, new_graphs_steady=new_graphs(steady),
+                              counters_steady=steady, speedup=eager["seconds"] / median if eager and runs else None,
+                              compile_seconds=first - median if runs else None, status="ok")
                 if again:
                     record["seen_size_compiles"] = record["new_graphs"] > 0
+                elif step:
+                    record["another_size_compiles"] = record["new_graphs"] > 0
             except Exception as error:  # noqa: BLE001 - the other sizes and modes go on
                 traceback.print_exc()
                 record["status"] = f"failed: {error_text(error)}"
@@ -704,7 +778,7 @@ def stage_side(ctx: Context) -> None:
 
 def stage_tests(ctx: Context) -> None:
     selection = "(cuda or float16)" if ctx.options.tests_all else "(cuda or float16) and not compiled"
-    argv = [sys.executable, "-m", "pytest", "-q", "-rA", "-s", "-p", "no:cacheprovider", "tests/test_cuda.py",
+    argv = [sys.executable, "-m", "pytest", "-v", "-rA", "-s", "-p", "no:cacheprovider", "tests/test_cuda.py",
             "tests/test_output_features.py", "tests/test_webui_extension.py", "-k", selection]
     code, output = run_command(ctx, argv, "tests.log")
     counts = {}
@@ -712,7 +786,11 @@ def stage_tests(ctx: Context) -> None:
     if summary:
         for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?|deselected)", summary[-1]):
             counts[word.rstrip("s") if word.startswith("error") else word] = int(number)
-    failures = [line.split(" ", 1)[1] for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
+    if not summary:  # cut short: count the verbose lines ("tests/x.py::name PASSED [ 10%]")
+        for word in ("passed", "failed", "skipped", "error"):
+            counts[word] = len(re.findall(rf"^\S+::\S+ {word.upper()}", output, re.MULTILINE))
+    failures = sorted({line.split(" ", 1)[1].split(" - ")[0] for line in output.splitlines()
+                       if line.startswith(("FAILED ", "ERROR "))})
     memory = [line.strip() for line in output.splitlines() if line.strip().startswith("memory ")]
     status = "killed at the stage's time limit" if code is None else ("ok" if code == 0 else f"exit status {code}")
     ctx.file.add({"status": status, "passed": counts.get("passed", 0), "failed": counts.get("failed", 0),
@@ -751,6 +829,8 @@ def environment(options: argparse.Namespace) -> dict:
             "cuda_runtime": torch.version.cuda, "python": platform.python_version(), "device": str(device),
             "revision": git_revision(), "dry_run": options.dry_run, "weights": "reduced fixture networks (tests)"
             if options.tiny else f"random full-size {RELEASE} (seed {options.seed}), {options.weights}"}
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device here: on a CPU, run with --device cpu --dry-run")
     if device.type == "cuda":
         properties = torch.cuda.get_device_properties(device)
         name = torch.cuda.get_device_name(device)
@@ -794,6 +874,29 @@ def child_argv(options: argparse.Namespace, stage: str) -> list[str]:
             f"{stage}={options.budgets[stage]:.1f}", "--child", stage]
 
 
+_RUNNING: list[tuple[subprocess.Popen, Path]] = []  # the stage now running: its process and its JSON file
+
+
+def _terminate(signum, frame) -> None:
+    """``timeout`` (or Ctrl-C) stops the orchestrator: the stage's process group goes with it, and its file says so."""
+    for process, path in _RUNNING:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+        try:
+            data = json.loads(path.read_text())
+            data["status"] = f"killed: the whole run was stopped (signal {signum}; figures so far kept)"
+            for record in data.get("records", []):
+                if str(record.get("status", "")).startswith("running"):
+                    record["status"] = "killed: still in this call when the run was stopped"
+            path.write_text(json.dumps(data, indent=1, default=str))
+        except (OSError, ValueError):
+            pass
+    raise SystemExit(128 + signum)
+
+
 def run_stage_process(options: argparse.Namespace, stage: str, limit: float) -> dict:
     """One stage in a child process of its own session, killed with its children at ``limit`` seconds."""
     out = Path(options.out)
@@ -802,6 +905,7 @@ def run_stage_process(options: argparse.Namespace, stage: str, limit: float) -> 
     with open(log_path, "w") as log:
         process = subprocess.Popen(child_argv(options, stage), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        _RUNNING[:] = [(process, out / f"stage_{stage}.json")]
         try:
             code = process.wait(timeout=limit)
             killed = False
@@ -809,11 +913,16 @@ def run_stage_process(options: argparse.Namespace, stage: str, limit: float) -> 
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             code, killed = None, True
+        _RUNNING.clear()
     elapsed = time.monotonic() - start
     path = out / f"stage_{stage}.json"
     data = json.loads(path.read_text()) if path.is_file() else {"stage": stage, "records": []}
     if killed:
         data["status"] = f"killed at its hard limit of {limit:.0f} s (figures so far kept)"
+        for record in data.get("records", []):
+            if str(record.get("status", "")).startswith("running"):
+                ran = time.time() - record.get("started_at", time.time())
+                record["status"] = f"killed: still in this call after {ran:.0f} s"
     elif data.get("status") in (None, "running"):
         data["status"] = f"the stage process exited with {code} (see {log_path.name})"
     data["wall_s"] = round(elapsed, 1)
@@ -831,13 +940,13 @@ def run_stage_process(options: argparse.Namespace, stage: str, limit: float) -> 
 
 def orchestrate(options: argparse.Namespace) -> int:
     start = time.monotonic()
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = environment(options)
     print(f"device: {meta.get('gpu') or meta.get('cpu')}; torch {meta['torch']}; driver {meta.get('driver')}",
           flush=True)
-    if options.device.startswith("cuda") and not meta.get("gpu"):
-        raise SystemExit("no CUDA device here: use --device cpu --dry-run")
     meta["weights_build"] = ensure_weights(options)
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     results = {"meta": meta, "stages": {}}
@@ -890,6 +999,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count-flops-max", type=int, default=512,
                         help="count FLOPs with flop_counter() up to this side; the planner's model above")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense fp16 TFLOP/s (default: by its name)")
+    parser.add_argument("--no-sdpa-probe", dest="sdpa_probe", action="store_false",
+                        help="skip the SDPA backend probe at the autoencoder's attention shape (speed stage)")
     parser.add_argument("--cap-gib", type=float, default=8.0)
     parser.add_argument("--cap-sizes", default="512,1024")
     parser.add_argument("--guard-size", type=int)

@@ -88,6 +88,9 @@ def speed_table(stages: dict) -> list[str]:
         official = find(side, size=size)
         capped = next((r for r in cap if r.get("size") == size), None)
         ratio = (official["official_seconds"] / ours["seconds"]) if official and ours else None
+        ratio_text = fmt(ratio, "{:.2f}x")
+        if ratio is None and official:  # no default-settings time: the side-by-side's own (untiled) one
+            ratio_text = fmt(official.get("speedup"), "{:.2f}x (untiled)")
         cap_text = "-"
         if capped:
             cap_text = (fmt(capped.get("seconds")) if str(capped.get("status", "")).startswith("ok")
@@ -97,7 +100,7 @@ def speed_table(stages: dict) -> list[str]:
             fmt(ours and ours["seconds"], "{:.3g}"),
             (ours or {}).get("plan") or "-",
             fmt(official and official["official_seconds"], "{:.3g}"),
-            fmt(ratio, "{:.2f}x"),
+            ratio_text,
             fmt(official and official.get("psnr_ours_vs_official"), "{:.1f}"),
             fmt(ours and ours.get("peak_gib")),
             fmt(ours and ours.get("estimate_ratio")),
@@ -108,18 +111,40 @@ def speed_table(stages: dict) -> list[str]:
 
 
 def compile_table(stages: dict) -> list[str]:
-    rows = [r for r in records(stages, "compile") if r.get("size") is not None and r.get("first_seconds")]
+    rows = [r for r in records(stages, "compile") if r.get("size") is not None
+            and (r.get("first_seconds") or str(r.get("status", "")).startswith("killed"))]
     if not rows:
         return []
-    lines = ["`pipe.compile(mode=...)` (fp16, default settings; sizes in the order run, the first again at the end; "
-             "\"new graphs\": graphs dynamo compiled during that image):", "",
-             "| mode | LR side | first call (s) | steady (s) | eager (s) | steady vs eager | new graphs |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["`pipe.compile(mode=...)` (fp16, default settings; images in the order run: a first size, another size, "
+             "the first again, ...; \"new graphs\": graphs dynamo compiled during that image):", "",
+             "| mode | LR side | first call (s) | steady (s) | eager (s) | steady vs eager | new graphs "
+             "| inductor cache |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
+        first = fmt(r.get("first_seconds"), "{:.1f}", r.get("status", "-"))
         lines.append(f"| {r['mode']} | {r['size']}{' (again)' if r.get('again') else ''} | "
-                     f"{fmt(r.get('first_seconds'), '{:.1f}')} | {fmt(r.get('seconds'), '{:.3g}')} | "
+                     f"{first} | {fmt(r.get('seconds'), '{:.3g}')} | "
                      f"{fmt(r.get('eager_seconds'), '{:.3g}')} | {fmt(r.get('speedup'), '{:.2f}x')} | "
-                     f"{r.get('new_graphs')} |")
+                     f"{fmt(r.get('new_graphs'), '{}')} | {r.get('inductor_cache', '-')} |")
+    return lines
+
+
+def sdpa_table(stages: dict) -> list[str]:
+    probes = [r for r in records(stages, "speed") if r.get("probe") == "sdpa" and r.get("keys")]
+    if not probes:
+        return []
+    names = [name for name in ("default", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+             if any(name in r for r in probes)]
+    lines = ["`scaled_dot_product_attention` at the autoencoder's attention shape (one head of 512 channels, "
+             f"{probes[0]['dtype']}; ms, \"refused\": the backend does not take it):", "",
+             "| queries x keys | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for r in probes:
+        cells = []
+        for name in names:
+            value = r.get(name) or {}
+            cells.append(fmt(value.get("seconds") and value["seconds"] * 1e3, "{:.2f}") if "seconds" in value
+                         else "refused")
+        lines.append(f"| {r['queries']} x {r['keys']} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -143,8 +168,9 @@ def targets(stages: dict) -> list[str]:
         if ours and official:
             ratio = official["official_seconds"] / ours["seconds"]
             psnr = official.get("psnr_ours_vs_official")
-            lines.append(f"- {size} px: official / ours {ratio:.2f}x (>= {TARGET_RATIO:.0f}x: {mark(ratio >= TARGET_RATIO)});"
-                         f" untiled side by side {official.get('speedup', 0):.2f}x; PSNR {fmt(psnr, '{:.1f}')} dB "
+            lines.append(f"- {size} px: official / ours {ratio:.2f}x (>= {TARGET_RATIO:.0f}x: "
+                         f"{mark(ratio >= TARGET_RATIO)}); untiled side by side {official.get('speedup', 0):.2f}x; "
+                         f"PSNR {fmt(psnr, '{:.1f}')} dB "
                          f"(>= {TARGET_PSNR:.0f}: {mark(psnr >= TARGET_PSNR if psnr is not None else None)})")
     for size, limit in TARGET_SECONDS.items():
         ours = find(speed, dtype="fp16", size=size)
@@ -164,19 +190,30 @@ def targets(stages: dict) -> list[str]:
         bad = [f"{s} px {d} {e:.2f}" for s, d, e in within if abs(e - 1) > ESTIMATE_TOLERANCE]
         lines.append(f"- memory estimate within 25% of the peak: {mark(not bad)}" + (f" (off: {', '.join(bad)})"
                                                                                     if bad else ""))
-    compiled = [r for r in records(stages, "compile") if r.get("status") == "ok"]
+    compiled = [r for r in records(stages, "compile") if r.get("size") is not None]
     for mode in dict.fromkeys(r["mode"] for r in compiled):
-        other = [r for r in compiled if r["mode"] == mode and "another_size_compiles" in r]
-        again = [r for r in compiled if r["mode"] == mode and r.get("again")]
-        if other:
-            sizes = ", ".join(f"{r['size']} px: {r['new_graphs']} new graphs" for r in other)
-            lines.append(f"- {mode}: another size costs no new compile: {mark(not any(r['another_size_compiles'] for r in other))} ({sizes})"
-                         + (f"; the first size again: {again[0]['new_graphs']} new graphs" if again else ""))
+        rows = [r for r in compiled if r["mode"] == mode]
+        other = [r for r in rows if r.get("step", 0) > 1 and not r.get("again")]
+        again = [r for r in rows if r.get("again") and r.get("status") == "ok"]
+        if not other:
+            continue
+        texts, compiles = [], False
+        for r in other:
+            if r.get("status") == "ok":
+                texts.append(f"{r['size']} px: {r['new_graphs']} new graphs, first call {r['first_seconds']:.1f} s")
+                compiles |= r["new_graphs"] > 0
+            else:
+                texts.append(f"{r['size']} px: {r.get('status')}")
+                compiles |= str(r.get("status", "")).startswith("killed")
+        lines.append(f"- {mode}: an image of another size costs no new compile: {mark(not compiles)} "
+                     f"({'; '.join(texts)})" + (f"; the first size again: {again[0]['new_graphs']} new graphs"
+                                                 if again else ""))
     guard = [r for r in records(stages, "guard") if r.get("network") in ("unet", "decoder")]
     for r in guard:
+        wider = ", ".join(r.get("rerun_dtypes") or []) or "-"
         lines.append(f"- fp16 overflow in the {r['network']}: {r.get('status')} (finite {r.get('finite')}, reruns "
-                     f"{r.get('reruns')} in {', '.join(r.get('rerun_dtypes') or []) or '-'}, {fmt(r.get('seconds'), '{:.3g}')}"
-                     f" s against {fmt(r.get('clean_seconds'), '{:.3g}')} s clean)")
+                     f"{r.get('reruns')} in {wider}, {fmt(r.get('seconds'), '{:.3g}')} s against "
+                     f"{fmt(r.get('clean_seconds'), '{:.3g}')} s clean)")
     for r in records(stages, "tests"):
         lines.append(f"- tests ({r.get('selection')}): {r.get('summary') or r.get('status')}"
                      + (f"; failed: {', '.join(r['failures'])}" if r.get("failures") else ""))
@@ -190,6 +227,9 @@ def render(out: str | Path) -> str:
     compiled = compile_table(stages)
     if compiled:
         parts += ["", *compiled]
+    sdpa = sdpa_table(stages)
+    if sdpa:
+        parts += ["", *sdpa]
     checks = targets(stages)
     if checks:
         parts += ["", "Issue 21's targets:", "", *checks]
