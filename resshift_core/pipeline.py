@@ -172,21 +172,6 @@ class ResShiftPipeline(PipelineStages, PlanningMixin, MemoryMixin):
         self._probe_cache.clear()
         return self
 
-    def compile(self, **options) -> ResShiftPipeline:
-        """Run the UNet, the encoder and the decoder through ``torch.compile`` (options are passed on, e.g.
-        mode="max-autotune"). Each network is one graph (no graph breaks).
-
-        The first run of each new input size compiles (slow); later runs are faster. Results stay within float
-        tolerance of the eager ones. On the CPU the eager path is usually as fast (its convolutions and GEMMs are
-        already oneDNN/BLAS calls), so this is mainly for CUDA.
-        """
-        unet = torch.compile(self.unet, **options)
-        self._compiled["unet"] = lambda x, s, f: unet(x, s, lq_features=f)
-        if self.autoencoder is not None:
-            self._compiled["encoder"] = torch.compile(self.autoencoder.encode, **options)
-            self._compiled["decoder"] = torch.compile(self.autoencoder.decoder, **options)
-        return self
-
     def latent_to_rgb(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latent -> (B, 3, h, w) float32 in [0, 1] without the decoder (previews; see
         :class:`~resshift_core.previews.LatentPreview`)."""

@@ -194,6 +194,21 @@ class PipelineStages:
         return PipelineStages(unet, autoencoder, self.spec, device="meta", dtype=dtype,
                               channels_last=self.channels_last)
 
+    def compile(self, **options) -> PipelineStages:
+        """Run the UNet, the encoder and the decoder through ``torch.compile`` (options are passed on, e.g.
+        mode="max-autotune"). Each network is one graph (no graph breaks).
+
+        The first run of each new input size compiles (slow); later runs are faster. Results stay within float
+        tolerance of the eager ones. On the CPU the eager path is usually as fast (its convolutions and GEMMs are
+        already oneDNN/BLAS calls), so this is mainly for CUDA.
+        """
+        unet = torch.compile(self.unet, **options)
+        self._compiled["unet"] = lambda x, s, f: unet(x, s, lq_features=f)
+        if self.autoencoder is not None:
+            self._compiled["encoder"] = torch.compile(self.autoencoder.encode, **options)
+            self._compiled["decoder"] = torch.compile(self.autoencoder.decoder, **options)
+        return self
+
     # ------------------------------------------------------------------------------------------- network calls
     def _network(self, name: str, network: torch.nn.Module, function, *inputs: torch.Tensor) -> torch.Tensor:
         """Every network call goes through here: traced by the memory estimate, and run again in a wider

@@ -202,7 +202,10 @@ def test_a_pixel_space_model_runs_without_autoencoder_in_tiles_of_its_training_c
 
 
 # ------------------------------------------------------------------------------------------------ the default
-@pytest.mark.parametrize("size", [(100, 120), (128, 128)])
+# Sizes where the untiled run of these reduced networks costs under 1.5x the tiled one by the calibrated cost model
+# (their autoencoder's attention weighs more against their thin convolutions than the released model's: from about
+# 100x120 on, "auto" tiles them; the released architecture's sizes are checked in test_output_features).
+@pytest.mark.parametrize("size", [(96, 96), (72, 100)])
 def test_the_default_is_the_official_untiled_computation_for_typical_sizes(pipe, size):
     image = torch.rand(1, 3, *size)
     default = pipe.upscale(image, seed=3)

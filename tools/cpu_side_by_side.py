@@ -375,7 +375,8 @@ def summarize(results: list[dict], sizes: list[int]) -> list[dict]:
             continue
         shape = "x".join(str(v) for v in r.get("output_shape") or [])
         print(f"{r['config']:<20} {r['size']:>5} {r['repeat'] + 1:>2} {_fmt(r.get('run_seconds')):>9} "
-              f"{_fmt(r.get('load_seconds')):>8} {_fmt(r.get('process_seconds')):>8} {r.get('peak_rss_mib')!s:>9} {shape:>18}  {r.get('plan')}")
+              f"{_fmt(r.get('load_seconds')):>8} {_fmt(r.get('process_seconds')):>8} {r.get('peak_rss_mib')!s:>9} "
+              f"{shape:>18}  {r.get('plan')}")
     ratios = []
     for size in sizes:
         done = [r for r in results if r["size"] == size and "error" not in r and r.get("run_seconds")]

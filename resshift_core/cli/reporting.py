@@ -24,7 +24,9 @@ class Reporter:
     def _print(self, message: str, stream) -> None:
         from tqdm import tqdm
 
-        tqdm.write(self.prefix + message, file=stream)
+        # One write per line: the ranks of a torchrun share the terminal, and a line written in two pieces (text,
+        # then its newline) could be cut by another rank's line.
+        tqdm.write(self.prefix + message + "\n", file=stream, end="")
 
     def wrote(self, job: Job) -> None:
         self.written += 1
