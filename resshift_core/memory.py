@@ -181,11 +181,18 @@ def peak_of(tracker: TensorMemoryTracker, device: torch.device) -> int:
 
 
 def available_memory(device: torch.device) -> int | None:
-    """Bytes a run may use on ``device`` now: free CUDA memory, or the CPU's available memory (Linux
-    ``MemAvailable``); None when it cannot be told."""
+    """Bytes a run may use on ``device`` now: free CUDA memory (within the process's cap when one is set with
+    ``torch.cuda.set_per_process_memory_fraction``), or the CPU's available memory (Linux ``MemAvailable``); None
+    when it cannot be told."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        free, total = torch.cuda.mem_get_info(device)
+        try:
+            fraction = torch.cuda.get_per_process_memory_fraction(device)
+        except (AttributeError, RuntimeError):  # an older torch: no cap to read
+            fraction = 1.0
+        if fraction < 1.0:  # the caching allocator refuses more than this share of the card, whatever is free
+            free = min(free, int(fraction * total) - torch.cuda.memory_allocated(device))
+        return max(0, int(free))
     if device.type == "cpu":
         try:
             with open("/proc/meminfo") as handle:

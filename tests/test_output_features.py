@@ -342,3 +342,17 @@ def test_the_precision_rule_takes_the_hosts_facts_and_offers_bf16_only_where_it_
     assert runtime.dtype_choices("cuda") == ("fp32", "fp16")
     with pytest.raises(rc.InvalidArgumentError, match="bfloat16"):
         runtime.choose_dtype("cuda", "bf16")
+
+
+def test_the_memory_budget_respects_a_per_process_cap(monkeypatch):
+    """Under ``set_per_process_memory_fraction`` the planner may use what the cap leaves, not the card's free
+    memory (an 8 GB cap on an 80 GB card must make "auto" plan for 8 GB)."""
+    from resshift_core.memory import available_memory
+
+    gib = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 2 * gib)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.1, raising=False)
+    assert available_memory(torch.device("cuda")) == 6 * gib
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0, raising=False)
+    assert available_memory(torch.device("cuda")) == 70 * gib
