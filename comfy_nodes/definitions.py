@@ -24,7 +24,7 @@ class InputDefinition:
     Attributes:
         name: the keyword the run function receives.
         kind: IMAGE, MASK, INT, FLOAT, BOOLEAN, COMBO or a custom type name (e.g. ``RESSHIFT_PIPELINE``).
-        tooltip: shown when hovering the input.
+        tooltip: shown when hovering the input (a function: computed each time ComfyUI lists the node).
         default, minimum, maximum, step: widget settings (INT / FLOAT / BOOLEAN / COMBO).
         options: COMBO only: called each time ComfyUI asks for the node's inputs, so that files added to a models
             folder appear after a refresh.
@@ -34,7 +34,7 @@ class InputDefinition:
 
     name: str
     kind: str
-    tooltip: str
+    tooltip: str | Callable[[], str]
     default: Any = None
     minimum: float | None = None
     maximum: float | None = None
@@ -48,6 +48,9 @@ class InputDefinition:
             raise ValueError(f"input {self.name!r} needs a tooltip")
         if (self.kind == COMBO) != (self.options is not None):
             raise ValueError(f"input {self.name!r}: options are given exactly for COMBO inputs")
+
+    def tooltip_text(self) -> str:
+        return self.tooltip() if callable(self.tooltip) else self.tooltip
 
     def option_list(self) -> list[str]:
         return list(self.options()) if self.options is not None else []

@@ -51,11 +51,15 @@ def default_models_dir() -> str:
     return os.path.join(folder_paths.models_dir, MODELS_FOLDER)
 
 
-def model_file_options(official_names: Sequence[str]) -> list[str]:
-    """Files in the resshift model folders, then the official file names not there yet (downloaded on first use)."""
-    present = list(folder_paths.get_filename_list(MODELS_FOLDER))
+def model_file_options(official_names: Sequence[str], kind: str) -> tuple[list[str], list[str]]:
+    """(files in the resshift model folders that may be of ``kind``, official names of that kind not there yet,
+    downloaded on first use). A file whose official name says it is the other kind is left out; files of other names
+    are listed in both lists (their kind is told, with a clear error, when the loader reads them)."""
+    rc = require_core()
+    present = [name for name in folder_paths.get_filename_list(MODELS_FOLDER)
+               if rc.official_kind(os.path.basename(name)) in (None, kind)]
     missing = sorted(name for name in set(official_names) if name not in present)
-    return present + missing
+    return present, missing
 
 
 def model_folders() -> list[str]:

@@ -37,15 +37,30 @@ def release_options() -> list[str]:
     return [AUTO] + (list(core.RELEASES) if core is not None else [])
 
 
+def _file_lists(kind: str) -> tuple[list[str], list[str]]:
+    """(files present, official names to download) of one kind; empty when the core cannot be imported."""
+    if core is None:
+        return [], []
+    table = core.RELEASES if kind == "unet" else core.AUTOENCODERS
+    return host.model_file_options([item.file_name for item in table.values()], kind)
+
+
 def unet_file_options() -> list[str]:
-    """Files in the resshift model folders, then the official UNet names not there yet (downloaded on first use)."""
-    official = [release.file_name for release in core.RELEASES.values()] if core is not None else []
-    return host.model_file_options(official)
+    """UNet files in the resshift model folders, then the official UNet names not there yet."""
+    present, missing = _file_lists("unet")
+    return present + missing
 
 
 def autoencoder_file_options() -> list[str]:
-    official = [autoencoder.file_name for autoencoder in core.AUTOENCODERS.values()] if core is not None else []
-    return host.model_file_options(official)
+    present, missing = _file_lists("autoencoder")
+    return present + missing
+
+
+def _downloads_note(kind: str) -> str:
+    """Which entries of a file list are downloaded when the node runs (said in the input's tooltip)."""
+    missing = _file_lists(kind)[1]
+    return (f" Downloaded into models/resshift when the node runs (not there yet): {', '.join(missing)}."
+            if missing else " Every entry is a file in the resshift model folders.")
 
 
 # --------------------------------------------------------------------------------------------- shared inputs
@@ -116,11 +131,13 @@ LOADER = NodeDefinition(
                  "downloaded into models/resshift on first use. A pixel-space UNet (e.g. one trained with the "
                  "pack's train/ recipes) needs no autoencoder: vae_name is then not used. " + LICENSE_NOTE),
     inputs=(
-        InputDefinition("unet_name", COMBO, "The diffusion network (UNet) file, e.g. resshift_realsrx4_s4_v3.pth. "
-                        "Official names not yet in models/resshift are downloaded when the node runs. "
-                        + LICENSE_NOTE, options=unet_file_options, default="resshift_realsrx4_s4_v3.pth"),
-        InputDefinition("vae_name", COMBO, "The VQ autoencoder file the UNet was trained with (autoencoder_vq_f4.pth "
-                        "for the super-resolution and ImageNet inpainting releases); not used by pixel-space UNets.",
+        InputDefinition("unet_name", COMBO, lambda: "The diffusion network (UNet) file, e.g. "
+                        "resshift_realsrx4_s4_v3.pth (files named as an official autoencoder are not listed here)."
+                        + _downloads_note("unet") + " " + LICENSE_NOTE,
+                        options=unet_file_options, default="resshift_realsrx4_s4_v3.pth"),
+        InputDefinition("vae_name", COMBO, lambda: "The VQ autoencoder file the UNet was trained with "
+                        "(autoencoder_vq_f4.pth for the super-resolution and ImageNet inpainting releases); not used "
+                        "by pixel-space UNets." + _downloads_note("autoencoder"),
                         options=autoencoder_file_options, default="autoencoder_vq_f4.pth"),
         InputDefinition("release", COMBO, "Which release the UNet is: 'auto' reads it from the file (official name "
                         "or metadata). The noise schedule cannot be read from the weights, so renamed files need it.",

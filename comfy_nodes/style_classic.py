@@ -9,7 +9,7 @@ from .definitions import BOOLEAN, COMBO, FLOAT, INT, InputDefinition, NodeDefini
 
 
 def _classic_input(spec: InputDefinition) -> tuple:
-    settings = {"tooltip": spec.tooltip}
+    settings = {"tooltip": spec.tooltip_text()}
     if spec.kind == COMBO:
         options = spec.option_list()
         default = spec.default_option(options)

@@ -23,19 +23,20 @@ class _V3Types:
     def input(self, spec: InputDefinition):
         io = self.io
         if spec.kind == INT:
-            return io.Int.Input(spec.name, tooltip=spec.tooltip, optional=spec.optional, default=spec.default,
+            return io.Int.Input(spec.name, tooltip=spec.tooltip_text(), optional=spec.optional, default=spec.default,
                                 min=spec.minimum, max=spec.maximum, step=spec.step,
                                 control_after_generate=True if spec.seed_widget else None)
         if spec.kind == FLOAT:
-            return io.Float.Input(spec.name, tooltip=spec.tooltip, optional=spec.optional, default=spec.default,
+            return io.Float.Input(spec.name, tooltip=spec.tooltip_text(), optional=spec.optional, default=spec.default,
                                   min=spec.minimum, max=spec.maximum, step=spec.step)
         if spec.kind == BOOLEAN:
-            return io.Boolean.Input(spec.name, tooltip=spec.tooltip, optional=spec.optional, default=spec.default)
+            return io.Boolean.Input(spec.name, tooltip=spec.tooltip_text(), optional=spec.optional,
+                                    default=spec.default)
         if spec.kind == COMBO:
             options = spec.option_list()
-            return io.Combo.Input(spec.name, options=options, tooltip=spec.tooltip, optional=spec.optional,
+            return io.Combo.Input(spec.name, options=options, tooltip=spec.tooltip_text(), optional=spec.optional,
                                   default=spec.default_option(options))
-        return self.comfy_type(spec.kind).Input(spec.name, tooltip=spec.tooltip, optional=spec.optional)
+        return self.comfy_type(spec.kind).Input(spec.name, tooltip=spec.tooltip_text(), optional=spec.optional)
 
     def output(self, spec: OutputDefinition):
         return self.comfy_type(spec.kind).Output(display_name=spec.name, tooltip=spec.tooltip)

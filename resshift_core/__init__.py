@@ -58,6 +58,7 @@ from .releases import (
     Release,
     get_release,
     official_file,
+    official_kind,
     official_tile_range,
 )
 from .runtime import DTYPE_CHOICES, choose_dtype, dtype_choices, tune_cpu_allocator
@@ -71,8 +72,8 @@ __version__ = "0.2.0"
 __all__ = [
     "AUTOENCODERS", "COLOR_FIX_METHODS", "DEFAULT_RELEASE", "DEFAULT_SEED", "DTYPE_CHOICES", "LICENSE_URL",
     "MAX_SEED", "PYTHON_API", "RELEASES", "WEIGHTS_LICENSE", "HostFacts", "OutputSize", "check_seed",
-    "choose_dtype", "color_fix", "dtype_choices", "reason_of", "official_tile_range", "output_size", "parse_size",
-    "tile_size_range",
+    "choose_dtype", "color_fix", "dtype_choices", "reason_of", "official_kind", "official_tile_range", "output_size",
+    "parse_size", "tile_size_range",
     "CancelledError", "CheckpointError", "CheckpointIdentity", "ChecksumError", "CorruptCheckpointError",
     "DecodedImage", "DownloadError", "InputImageError", "InvalidArgumentError", "ModelDescriptor", "NoiseSource",
     "OfflineError", "OwnUNetFile", "Release", "ResShiftError", "ResShiftLatent", "ResShiftPipeline", "ResShiftUNet",

@@ -176,6 +176,14 @@ def autoencoder_for_file_name(file_name: str) -> AutoencoderRelease | None:
     return None
 
 
+def official_kind(file_name: str) -> str | None:
+    """``"unet"`` or ``"autoencoder"`` for an official file name (or a conversion with its stem), else None: what a
+    host's file lists can tell from the name alone, without reading the file."""
+    if release_for_file_name(file_name) is not None:
+        return "unet"
+    return "autoencoder" if autoencoder_for_file_name(file_name) is not None else None
+
+
 def official_tile_range() -> tuple[int, int]:
     """(minimum, step) of the UNet tile sizes the released models take (latent pixels): what a host offers before
     a model is loaded (see :func:`~resshift_core.tiling.tile_size_range`)."""

@@ -207,6 +207,19 @@ def test_models_folder_is_registered_and_keeps_extra_model_paths_entries(stubs, 
     assert release_options[0] == "auto" and SR_RELEASE in release_options
 
 
+def test_each_file_list_keeps_to_its_kind_and_the_tooltip_says_what_will_download(stubs, v3_pack):
+    stubs.add_models(unet_name="resshift_realsrx4_s4_v3.pth", autoencoder_name="autoencoder_vq_f4.pth")
+    (stubs.resshift_dir / "mine.safetensors").write_bytes(UNET.read_bytes())  # a name that says nothing
+    loader = v3_pack["ResShiftPipelineLoader"].GET_SCHEMA()
+    unet_input, vae_input = (next(spec for spec in loader.inputs if spec.id == name)
+                             for name in ("unet_name", "vae_name"))
+    assert "autoencoder_vq_f4.pth" not in unet_input.options and "mine.safetensors" in unet_input.options
+    assert "resshift_realsrx4_s4_v3.pth" not in vae_input.options and "mine.safetensors" in vae_input.options
+    assert unet_input.options.index("resshift_realsrx4_s4_v3.pth") < unet_input.options.index("SinSR_v1.pth")
+    assert "not there yet): " in unet_input.tooltip and "SinSR_v1.pth" in unet_input.tooltip  # to download
+    assert "resshift_realsrx4_s4_v3.pth" not in unet_input.tooltip.split("not there yet): ")[1]  # present
+
+
 # -------------------------------------------------------------------------------------------------- loading
 def test_loader_wraps_both_networks_in_model_patchers_with_the_dtype_comfyui_chooses(stubs, v3_pack):
     import comfy.model_patcher
