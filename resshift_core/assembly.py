@@ -5,7 +5,7 @@ through :meth:`ResShiftPipeline.assemble <resshift_core.pipeline.ResShiftPipelin
 three rules, each decided here only:
 
 * :func:`needed_autoencoder`: the autoencoder a UNet runs with (none in pixel space);
-* :func:`needed_files`: the official files a release needs;
+* :func:`~resshift_core.hub.release_files`: the official files a release needs;
 * :func:`~resshift_core.runtime.choose_dtype`: the precision on a device, given what the host says
   (:class:`HostFacts`).
 
@@ -106,11 +106,6 @@ def needed_autoencoder(unet: ModelDescriptor) -> AutoencoderRelease | None:
     return known
 
 
-def needed_files(release: Release) -> list[WeightFile]:
-    """The official files a release needs: its UNet and its autoencoder."""
-    return [release, AUTOENCODERS[release.autoencoder]]
-
-
 def _as_release(release: str | Release | None) -> Release | None:
     return release if isinstance(release, Release) or release is None else get_release(release)
 
@@ -147,17 +142,16 @@ def _fetch_named(unet, autoencoder, release: Release | None, host: HostFacts) ->
     names them all): the release's files when no UNet is given, named official files otherwise."""
     if unet is None:
         release = release or get_release(DEFAULT_RELEASE)
-        wanted = needed_files(release) if autoencoder is None else [release]
-        names = [release.file_name] + ([wanted[1].file_name] if autoencoder is None else [])
-        return release, dict(zip(names, host.local_paths(wanted)))
-    unet_file = _wanted_official(unet, host)
-    if unet_file is None:  # a local UNet: its autoencoder is fetched once the UNet says it needs one
-        return release, {}
-    wanted = [unet_file]
-    if isinstance(unet_file, Release):  # every release is latent: its autoencoder comes in the same request
-        named = _wanted_official(autoencoder, host) if autoencoder is not None else \
-            AUTOENCODERS[unet_file.autoencoder]
-        wanted += [named] if named is not None else []
+        wanted = hub.release_files(release) if autoencoder is None else [release]
+    else:
+        unet_file = _wanted_official(unet, host)
+        if unet_file is None:  # a local UNet: its autoencoder is fetched once the UNet says it needs one
+            return release, {}
+        wanted = [unet_file]
+        if isinstance(unet_file, Release):  # every release is latent: its autoencoder comes in the same request
+            named = _wanted_official(autoencoder, host) if autoencoder is not None else \
+                AUTOENCODERS[unet_file.autoencoder]
+            wanted += [named] if named is not None else []
     return release, dict(zip((item.file_name for item in wanted), host.local_paths(wanted)))
 
 
@@ -264,9 +258,10 @@ def model_spec(unet, autoencoder, schedule, scale: int, *, one_step: bool = Fals
                      latent_factor, config.latent_multiple, tile_size)
 
 
-def spec_of_descriptors(unet: ModelDescriptor, autoencoder: ModelDescriptor | None, *, scale: int | None = None,
-                        padding_multiple: int | None = None) -> ModelSpec:
-    """:func:`model_spec` for loaded descriptors: schedule, scale, one-step flag and tile from what the files say."""
+def pipeline_arguments(unet: ModelDescriptor, autoencoder: ModelDescriptor | None, *, scale: int | None = None,
+                       padding_multiple: int | None = None) -> dict:
+    """The pipeline's constructor arguments for loaded descriptors: the networks, schedule, scale, one-step flag,
+    release and tile from what the files say (the constructor checks that the pair fits, :func:`model_spec`)."""
     check_kinds(unet, autoencoder)
     schedule = resolve_schedule(unet)
     if unet.latent_space and autoencoder is None:
@@ -280,8 +275,9 @@ def spec_of_descriptors(unet: ModelDescriptor, autoencoder: ModelDescriptor | No
     if scale is None:
         raise ResShiftError(f"the scale of the pixel-space model {unet.identity.name} is not recorded in its "
                             f"file; give it as {{arg:scale}}")
-    return model_spec(unet.network, network_ae, schedule, scale, one_step=unet.one_step,
-                      padding_multiple=padding_multiple, tile_size=unet.identity.tile_size)
+    return {"unet": unet.network, "autoencoder": network_ae, "schedule": schedule, "scale": scale,
+            "one_step": unet.one_step, "release": unet.release, "padding_multiple": padding_multiple,
+            "tile_size": unet.identity.tile_size}
 
 
 def device_and_dtype(unet: ModelDescriptor, device=None, dtype=None,

@@ -160,9 +160,7 @@ class ModelDescriptor:
     def preferred_tiles(self, device: str | torch.device = "cpu") -> TileSettings:
         """The tile settings this model runs with by default on ``device`` (sizes in latent pixels)."""
         tile_size = self.identity.tile_size if self.kind == UNET_KIND else None
-        defaults = TileSettings.for_device(torch.device(device))
-        overlap = min(defaults.overlap, tile_size // 4) if tile_size else None  # as the pipeline sizes it
-        return TileSettings.for_device(torch.device(device), tile_size=tile_size, overlap=overlap)
+        return TileSettings.resolve(torch.device(device), tiling="auto", tile_size=tile_size)
 
     def preferred_tile_size(self, device: str | torch.device = "cpu") -> int:
         """Largest tile (latent pixels) this model runs by default on ``device``: the UNet tile for a UNet, the

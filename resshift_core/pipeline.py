@@ -34,7 +34,7 @@ from .releases import Release
 from .runtime import parse_dtype
 from .sampler import CancelCheck, NoiseSource, ProgressCallback, check_seed, random_seed
 from .sizing import OutputSize, SizePlan, resize_exact
-from .stages import ModelSpec, PipelineStages, ResShiftLatent, RunProgress, pad_bottom_right
+from .stages import PipelineStages, ResShiftLatent, RunProgress, pad_bottom_right
 from .tiling import TileSettings, chop_starts, default_chop_stride, validate_chop
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,6 @@ class ResShiftPipeline(PipelineStages, PlanningMixin, MemoryMixin):
                  channels_last: bool = True, tile_size: int | None = None):
         spec = assembly.model_spec(unet, autoencoder, schedule, scale, one_step=one_step,
                                    padding_multiple=padding_multiple, tile_size=tile_size)
-        self._init_from_spec(unet, autoencoder, spec, release, device, dtype, channels_last)
-
-    def _init_from_spec(self, unet, autoencoder, spec: ModelSpec, release, device, dtype, channels_last) -> None:
         super().__init__(unet, autoencoder, spec, device="cpu", channels_last=channels_last)
         self.release = release
         self._probe_cache: dict = {}
@@ -118,12 +115,9 @@ class ResShiftPipeline(PipelineStages, PlanningMixin, MemoryMixin):
     def _from_models(cls, unet: ModelDescriptor, autoencoder: ModelDescriptor | None, *, device, dtype,
                      host: assembly.HostFacts | None = None, scale: int | None = None,
                      padding_multiple: int | None = None, channels_last: bool = True) -> ResShiftPipeline:
-        spec = assembly.spec_of_descriptors(unet, autoencoder, scale=scale, padding_multiple=padding_multiple)
         device, dtype = assembly.device_and_dtype(unet, device, dtype, host)
-        pipe = cls.__new__(cls)
-        pipe._init_from_spec(unet.network, None if autoencoder is None or not unet.latent_space
-                             else autoencoder.network, spec, unet.release, device, dtype, channels_last)
-        return pipe
+        return cls(**assembly.pipeline_arguments(unet, autoencoder, scale=scale, padding_multiple=padding_multiple),
+                   device=device, dtype=dtype, channels_last=channels_last)
 
     @classmethod
     def from_loaded(cls, unet: ModelDescriptor, autoencoder: ModelDescriptor | None = None, *,

@@ -211,10 +211,11 @@ def _area_cost_terms(kind: str, config, latent_multiple: int, factor: int) -> tu
 
 
 #: Time of one FLOP of the autoencoder's global attention relative to one of a convolution, per (device type,
-#: precision). Fitted to measured whole runs of realsr-v3, 256 -> 1024 px, full-size weights, one image per process, on
-#: a 2-core AVX-512 + bf16 CPU: untiled 229.2 s vs autoencoder-tiled 141.8 s in fp32 (1.62x), 167.8 s vs 77.9 s in
-#: bf16 (2.15x), where the FLOP counts alone predict 1.31x (attention over 65,536 tokens is bound by memory traffic,
-#: and bf16 speeds convolutions up far more than it speeds that attention up). Unmeasured devices count FLOPs (1.0).
+#: precision). Fitted to whole runs of realsr-v3, 256 -> 1024 px, full-size weights, one image per process, on a
+#: 2-core AVX-512 + bf16 CPU, untiled against autoencoder-tiled: 1.62x in fp32 and 2.15x in bf16 (the runs reported
+#: in the project's issue 19), where the FLOP counts alone predict 1.31x (attention over 65,536 tokens is bound by
+#: memory traffic, and bf16 speeds convolutions up far more than that attention). Measured again on this code:
+#: 1.60x and 2.11x at 256 px, 1.06x and 1.09x at 128 px (the README's table). Unmeasured devices count FLOPs (1.0).
 ATTENTION_COST_WEIGHT = {("cpu", "float32"): 1.8, ("cpu", "bfloat16"): 3.3}
 
 

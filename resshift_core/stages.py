@@ -222,10 +222,11 @@ class PipelineStages:
         if self.dtype != torch.float16 or _finite(output):
             return output
         wider = torch.bfloat16 if device_supports_bf16(self.device) else torch.float32
-        for dtype in dict.fromkeys([wider, torch.float32]):
+        overflowed = self.dtype
+        for dtype in dict.fromkeys([wider, torch.float32]):  # bf16 first where the device has it, then float32
             logger.warning("the %s overflowed in %s (non-finite values); running that call again in %s", name,
-                           str(self.dtype if dtype == wider else wider).replace("torch.", ""),
-                           str(dtype).replace("torch.", ""))
+                           str(overflowed).replace("torch.", ""), str(dtype).replace("torch.", ""))
+            overflowed = dtype
             network.to(dtype)
             try:
                 output = function(*(t.to(dtype) if t.is_floating_point() else t for t in inputs))

@@ -124,7 +124,7 @@ def test_a_second_pass_runs_on_the_first_pass_output(pipe, monkeypatch):
     assert seen == [(8, 10), (32, 40)]
 
 
-def test_more_passes_than_allowed_and_sizes_for_restoration_models_are_refused(pipe):
+def test_more_passes_than_allowed_are_refused(pipe):
     with pytest.raises(rc.InvalidArgumentError):
         pipe.upscale(photo(8, 8), seed=1, size=rc.output_size(scale=64 * 8 + 1))
 
